@@ -1,0 +1,179 @@
+"""The `rlhf` command: validate, crds, render, run, train, operator.
+
+Each subcommand imports what it needs when it runs, so `rlhf validate` stays light (no torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .api.job import API_VERSION, GROUP
+
+
+def load_documents(path: str) -> list[Any]:
+    """All YAML documents of a file (`-` is standard input), empty ones dropped."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+
+
+def _is_rlhf_document(doc: Any) -> bool:
+    return isinstance(doc, dict) and (
+        str(doc.get("apiVersion", "")).startswith(GROUP + "/") or doc.get("kind") == "RLHFJob"
+    )
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .api.validation import FieldError, validate_manifest
+
+    failed = False
+    for path in args.files:
+        try:
+            docs = load_documents(path)
+        except (OSError, yaml.YAMLError) as exc:
+            print(f"{path}: cannot read: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        jobs = [
+            (i, doc) for i, doc in enumerate(docs, 1) if _is_rlhf_document(doc) or not isinstance(doc, dict)
+        ]
+        if not jobs:
+            print(f"{path}: no {API_VERSION} RLHFJob document found", file=sys.stderr)
+            failed = True
+            continue
+        valid = 0
+        for index, doc in jobs:
+            _, errors = validate_manifest(doc)
+            where = f"{path}#{index}" if len(docs) > 1 else path
+            for error in errors:
+                assert isinstance(error, FieldError)
+                print(f"{error}  [{where}]", file=sys.stderr)
+            failed = failed or bool(errors)
+            valid += not errors
+        if valid:
+            print(f"{path}: {valid} RLHFJob(s) valid")
+    return 1 if failed else 0
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    from .api.crd import render_crds
+
+    sys.stdout.write(render_crds())
+    return 0
+
+
+def load_job(path: str):
+    """The one RLHFJob of a manifest file, or exit 1 with its errors."""
+    from .api.validation import validate_manifest
+
+    jobs = [doc for doc in load_documents(path) if _is_rlhf_document(doc)]
+    if len(jobs) != 1:
+        print(f"{path}: expected exactly one RLHFJob, found {len(jobs)}", file=sys.stderr)
+        raise SystemExit(1)
+    job, errors = validate_manifest(jobs[0])
+    for error in errors:
+        print(f"{error}  [{path}]", file=sys.stderr)
+    if errors:
+        raise SystemExit(1)
+    return job
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from rlhf_operator.render import RenderError, RenderOptions, render_job_objects
+
+    job = load_job(args.file)
+    options = RenderOptions(default_image=args.image, namespace=args.namespace)
+    try:
+        objects = render_job_objects(job, options)
+    except RenderError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_manifest
+
+    job = load_job(args.file)
+    return run_manifest(job, output_dir=args.output, backend=args.backend, metrics_port=args.metrics_port)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .runner import run_config_file
+
+    return run_config_file(args.config)
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from rlhf_operator.main import run_operator
+
+    return run_operator(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf", description="RLHF jobs on Kubernetes, or on this machine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check RLHFJob manifests; exit 1 with one line per error")
+    p.add_argument(
+        "files", nargs="+", metavar="FILE", help="YAML files (multi-document allowed; - for stdin)"
+    )
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("crds", help="print the CRDs")
+    p.set_defaults(func=cmd_crds)
+
+    p = sub.add_parser("render", help="print the Kubernetes objects the operator would create for a job")
+    p.add_argument("file", metavar="JOB.yaml")
+    p.add_argument(
+        "--image",
+        default="ghcr.io/rlhf-operator/trainer:0.1.0",
+        help="trainer image when spec.image is unset",
+    )
+    p.add_argument(
+        "--namespace", default=None, help="namespace when metadata.namespace is unset (default: default)"
+    )
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("run", help="run a job on this machine (embedded Ray)")
+    p.add_argument("file", metavar="JOB.yaml")
+    p.add_argument("--output", default=None, help="output directory (default: runs/<job name>)")
+    p.add_argument("--backend", choices=["ray", "local"], default="ray", help="ray (default) or in-process")
+    p.add_argument(
+        "--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)"
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="the trainer driver (the RayJob entrypoint)")
+    p.add_argument(
+        "--config", required=True, metavar="FILE", help="trainer config (YAML) rendered by the operator"
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("operator", help="run the operator")
+    p.add_argument(
+        "--namespace", action="append", default=[], help="namespace to watch (repeatable; default all)"
+    )
+    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port")
+    p.add_argument("--liveness-port", type=int, default=8081, help="liveness endpoint port (/healthz)")
+    p.add_argument("--peering", default=None, help="kopf peering name (default: standalone, one replica)")
+    p.add_argument(
+        "--trainer-image", default="ghcr.io/rlhf-operator/trainer:0.1.0", help="default trainer image"
+    )
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_operator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
