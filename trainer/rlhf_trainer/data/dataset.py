@@ -1,0 +1,164 @@
+"""Prompts in a seeded order that a resumed run continues exactly."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..api.spec import PromptSource
+from .loading import DataConfigError, load_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    label: Any = None
+
+
+class PromptDataset:
+    """Rows of `source` formatted as prompts, served by `next_batch(n)`.
+
+    Order: a permutation of the rows seeded with seed + epoch (identity when shuffle is off);
+    batches run across epoch boundaries. Rows load on first use (`preflight()`, `num_rows`,
+    `next_batch`). `max_prompt_length` is not applied here: the generation engine
+    left-truncates prompts, so the dataset stays independent of any engine.
+    """
+
+    def __init__(
+        self,
+        source: PromptSource,
+        tokenizer: Any | None,
+        max_prompt_length: int,
+        seed: int,
+        shuffle: bool,
+        field: str = "spec.data.prompts",
+    ) -> None:
+        self.source = source
+        self.tokenizer = tokenizer
+        self.max_prompt_length = max_prompt_length
+        self.seed = seed
+        self.shuffle = shuffle
+        self.field = field
+        self.epoch = 0
+        self.position = 0
+        self._inputs: list[Any] | None = None
+        self._labels: list[Any] | None = None
+        self._order: np.ndarray | None = None
+
+    # ---------------------------------------------------------------- loading
+
+    def preflight(self) -> None:
+        """Load the rows and check the keys and the template: DataConfigError naming the field."""
+        self._load()
+
+    @property
+    def num_rows(self) -> int:
+        self._load()
+        assert self._inputs is not None
+        return len(self._inputs)
+
+    def _load(self) -> None:
+        if self._inputs is not None:
+            return
+        src = self.source
+        if src.chat_template and (
+            self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None)
+        ):
+            raise DataConfigError(
+                f"{self.field}.chatTemplate: the tokenizer has no chat template; "
+                "set chatTemplate: false (optionally with an inputTemplate)"
+            )
+        rows = load_rows(src, self.field)
+        columns = list(rows.column_names)
+        for key, value in (("inputKey", src.input_key), ("labelKey", src.label_key)):
+            if value is not None and value not in columns:
+                raise DataConfigError(
+                    f"{self.field}.{key}: column '{value}' not found; columns: {', '.join(columns) or '(none)'}"
+                )
+        if len(rows) == 0:
+            raise DataConfigError(f"{self.field}: no rows in {src.path or src.dataset}")
+        if src.max_samples is not None and src.max_samples < len(rows):
+            rows = rows.select(range(src.max_samples))
+        self._inputs = list(rows[src.input_key])
+        self._labels = list(rows[src.label_key]) if src.label_key is not None else [None] * len(self._inputs)
+        # Catch a wrongly typed column now rather than in the middle of training.
+        self.format(self._inputs[0], 0)
+
+    # ---------------------------------------------------------------- formatting
+
+    def format(self, raw: Any, row: int) -> str:
+        """The prompt text of one row's input: chat template, input template, or as is."""
+        src = self.source
+        is_messages = isinstance(raw, list) and all(isinstance(m, dict) and "content" in m for m in raw)
+        if not isinstance(raw, str) and not (src.chat_template and is_messages):
+            expected = "a string (or a list of chat messages with chatTemplate: true)"
+            raise DataConfigError(
+                f"{self.field}.inputKey: row {row} column '{src.input_key}' holds "
+                f"{type(raw).__name__}, expected {expected}"
+            )
+        if src.chat_template:
+            messages = raw if is_messages else [{"role": "user", "content": raw}]
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if src.input_template is not None:
+            # replace, not str.format: prompts and templates are full of literal braces (LaTeX).
+            return src.input_template.replace("{input}", raw)
+        return raw
+
+    # ---------------------------------------------------------------- order
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        n = self.num_rows
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng(self.seed + epoch).permutation(n)
+
+    def next_batch(self, n: int) -> list[Prompt]:
+        """The next n prompts; wraps into the next epoch (reshuffled) as often as needed."""
+        if n < 1:
+            raise ValueError(f"batch size must be >= 1, got {n}")
+        self._load()
+        assert self._inputs is not None and self._labels is not None
+        batch: list[Prompt] = []
+        while len(batch) < n:
+            if self._order is None:
+                self._order = self._permutation(self.epoch)
+            if self.position >= len(self._order):
+                self.epoch += 1
+                self.position = 0
+                self._order = self._permutation(self.epoch)
+            row = int(self._order[self.position])
+            self.position += 1
+            batch.append(Prompt(text=self.format(self._inputs[row], row), label=self._labels[row]))
+        return batch
+
+    # ---------------------------------------------------------------- resume
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_rows": self.num_rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where `state` was taken. A different seed or row count cannot reproduce the
+        order; the run continues in the new order and says so."""
+        if state.get("seed", self.seed) != self.seed:
+            log.warning(
+                "%s: checkpoint was taken with seed %s, now %s: prompt order differs",
+                self.field,
+                state["seed"],
+                self.seed,
+            )
+        rows = state.get("num_rows", self.num_rows)
+        if rows != self.num_rows:
+            log.warning(
+                "%s: checkpoint saw %s rows, the data now has %s: prompt order differs",
+                self.field,
+                rows,
+                self.num_rows,
+            )
+        self.epoch = int(state["epoch"])
+        self.position = min(int(state["position"]), self.num_rows)
+        self._order = None

@@ -1,0 +1,116 @@
+"""Per-step telemetry: metrics.jsonl, progress display, Prometheus, the status sink, the plot."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, TextIO
+
+from ..api.job import TrainerConfig
+from ..rewards.naming import reward_source_names
+from .plot import read_rows, write_curves
+from .progress import ProgressDisplay
+from .prometheus import PrometheusExporter
+from .sinks import FileStatusSink, KubernetesStatusSink, NullStatusSink, StatusSink
+from .status import add_checkpoint, checkpoint_entry, eta_seconds, progress, trainer_status
+
+log = logging.getLogger(__name__)
+
+
+def make_status_sink(config: TrainerConfig) -> StatusSink:
+    if config.status_sink == "kubernetes":
+        return KubernetesStatusSink(config.namespace, config.job_name)
+    if config.status_sink == "file":
+        return FileStatusSink(os.path.join(config.output_dir, "status.json"))
+    return NullStatusSink()
+
+
+class Telemetry:
+    """One per run, on the driver. `log_step` after every RL step, `checkpoint_saved` after
+    every checkpoint, `close` at the end (also after a failure)."""
+
+    def __init__(
+        self,
+        config: TrainerConfig,
+        total_steps: int,
+        algorithm: str,
+        sink: StatusSink | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.config = config
+        self.total_steps = total_steps
+        self.algorithm = algorithm
+        os.makedirs(config.output_dir, exist_ok=True)
+        self.metrics_path = os.path.join(config.output_dir, "metrics.jsonl")
+        self.curves_path = os.path.join(config.output_dir, "curves.png")
+        self.keep = config.spec.checkpoint.keep if config.spec.checkpoint is not None else 1
+        self.sink = sink if sink is not None else make_status_sink(config)
+        # A restarted attempt keeps listing the checkpoints the earlier ones wrote.
+        self.checkpoints: list[dict[str, Any]] = list(self.sink.read().get("checkpoints") or [])
+        self.step = 0
+        self.metrics: dict[str, float] = {}
+        self.step_times: list[float] = []
+        self._last_log = time.monotonic()
+        self._progress: dict[str, Any] | None = None
+        self._display = ProgressDisplay(total_steps, stream)
+        self.exporter: PrometheusExporter | None = None
+        if config.metrics_port > 0:
+            self.exporter = PrometheusExporter(
+                config.namespace, config.job_name, algorithm, reward_source_names(config.spec)
+            )
+            self.exporter.serve(config.metrics_port)
+
+    def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        now_mono, now = time.monotonic(), time.time()
+        values = {key: _number(key, value) for key, value in metrics.items()}
+        step_time = values.get("timing/step_s")
+        if step_time is None or not math.isfinite(step_time):
+            step_time = now_mono - self._last_log
+        self._last_log = now_mono
+        self.step_times.append(step_time)
+        self.step = step
+        self.metrics = values
+
+        row = {"step": step, "time": now, **{k: (v if math.isfinite(v) else None) for k, v in values.items()}}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+        eta = eta_seconds(self.step_times, step, self.total_steps)
+        self._progress = progress(step, self.total_steps, eta, values.get("reward/mean"), now)
+        self._display.update(step, values, eta)
+        if self.exporter is not None:
+            self.exporter.update(step, self.total_steps, values)
+        self.sink.update(self._status(), force=step >= self.total_steps)
+
+    def checkpoint_saved(self, step: int, path: str, hf_path: str | None = None) -> None:
+        entry = checkpoint_entry(step, path, hf_path, time.time())
+        self.checkpoints = add_checkpoint(self.checkpoints, entry, self.keep)
+        self.sink.update(self._status(), force=True)
+
+    def close(self, success: bool) -> None:
+        self._display.close()
+        try:
+            rows = read_rows(self.metrics_path)
+            outcome = "" if success else " (failed)"
+            write_curves(rows, self.curves_path, title=f"{self.config.job_name} ({self.algorithm}){outcome}")
+        except Exception:
+            # The plot is a convenience; its failure must not mask how training ended.
+            log.exception("could not write %s", self.curves_path)
+        if self._progress is not None or self.checkpoints:
+            self.sink.update(self._status(), force=True)
+        self.sink.flush()
+        if self.exporter is not None:
+            self.exporter.close()
+
+    def _status(self) -> dict[str, Any]:
+        return trainer_status(self._progress, self.metrics, self.checkpoints)
+
+
+def _number(key: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"metric {key!r} must be a number, got {type(value).__name__}") from exc
