@@ -13,7 +13,10 @@ export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test lint crds check-crds cluster-up cluster-down bench images
+PROMETHEUS := /usr/bin/prometheus
+CLUSTER := $(PY) e2e/cluster.py
+
+.PHONY: demo test lint crds cluster-up cluster-down bench images
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,9 +30,21 @@ demo: $(INSTALLED)
 	$(PY) -m rlhf_trainer.demo
 	$(RLHF) run examples/tiny-grpo-cpu.yaml --output runs/tiny-grpo-cpu
 
-test: $(INSTALLED)
+# Debian's Prometheus + promtool for e2e/test_prometheus.py (no node-exporter: --no-install-recommends).
+$(PROMETHEUS):
+	command -v prometheus > /dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+# The e2e tests bring the control plane up themselves (e2e/conftest.py -> e2e/cluster.py), building
+# kube-apiserver, kube-controller-manager, etcd, kubectl, helm and KubeRay once per version.
+test: $(INSTALLED) $(PROMETHEUS)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests e2e
+
+cluster-up: $(INSTALLED)
+	$(CLUSTER) up
+
+cluster-down:
+	test ! -x $(PY) || $(CLUSTER) down
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
@@ -37,3 +52,8 @@ lint: $(INSTALLED)
 
 crds: $(INSTALLED)
 	$(RLHF) crds > crds/rlhfjobs.rlhf.io.yaml
+	cp crds/rlhfjobs.rlhf.io.yaml helm/rlhf-operator/crds/rlhfjobs.rlhf.io.yaml
+
+# Needs a Docker engine; images/build.sh says so plainly where there is none.
+images:
+	images/build.sh all

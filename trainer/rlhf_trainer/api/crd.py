@@ -143,9 +143,10 @@ def _default(info: FieldInfo) -> Any:
     """The default the API server should apply, or None where absence already means it."""
     if info.default_factory is not None:
         value = info.default_factory()  # type: ignore[call-arg]
-        # Objects default to {} so that their own defaults apply and CEL rules can read them.
+        # Objects default to their full default value: the API server checks a default against the
+        # object's own CEL rules without filling in nested defaults first, so `{}` would fail them.
         if isinstance(value, BaseModel):
-            return value.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+            return value.model_dump(mode="json", by_alias=True, exclude_none=True)
         return value
     if info.default is PydanticUndefined or info.default is None:
         return None
