@@ -92,8 +92,20 @@ def cmd_render(args: argparse.Namespace) -> int:
     except RenderError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+    sys.stdout.write(yaml.dump_all(objects, Dumper=_LiteralDumper, sort_keys=False))
     return 0
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """Writes multi-line strings (the trainer config inside the ConfigMap) as readable blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_LiteralDumper.add_representer(str, _represent_str)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -153,11 +153,23 @@ def _default(info: FieldInfo) -> Any:
     return info.default
 
 
+def _without_defaults(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {key: _without_defaults(value) for key, value in schema.items() if key != "default"}
+    if isinstance(schema, list):
+        return [_without_defaults(item) for item in schema]
+    return schema
+
+
 def crd_manifest() -> dict[str, Any]:
     spec_schema = model_schema(
         RLHFJobSpec, "What to train (algorithm, models, data, training, checkpoints) and where."
     )
-    status_schema = model_schema(RLHFJobStatus, "Observed state, written by the operator and the trainer.")
+    # No defaults in the status: the API server would record an empty list or map as written by
+    # whoever patches first, muddying which of operator and trainer owns the field.
+    status_schema = _without_defaults(
+        model_schema(RLHFJobStatus, "Observed state, written by the operator and the trainer.")
+    )
     root = {
         "type": "object",
         "description": "An RLHF training job: model roles, algorithm, data and checkpoints, run on a KubeRay RayJob.",

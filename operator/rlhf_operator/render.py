@@ -1,0 +1,320 @@
+"""The Kubernetes objects of one attempt of an RLHFJob (pure; `rlhf render` prints them).
+
+- ConfigMap `<job>-trainer-config`: the TrainerConfig (wire keys) at /etc/rlhf/trainer.yaml.
+- ServiceAccount, Role, RoleBinding `<job>-trainer`: get/patch on this job's status only.
+- RayJob `<job>-a<attempt>` (ray.io/v1): a CPU head that runs `rlhf train` as the entrypoint,
+  GPU worker groups from `placement.plan_layout`, /dev/shm in memory and the checkpoint volume
+  on every pod, secrets by reference, the pod template overrides merged in.
+
+Every object carries the label `rlhf.io/job` and, when the job has a uid, a controller owner
+reference to it, so deleting the job cascades through the garbage collector.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from rlhf_trainer.api.job import GROUP, PLURAL, RLHFJob, TrainerConfig
+from rlhf_trainer.api.spec import RLHFJobSpec
+
+from . import naming
+from .errors import RenderError
+from .placement import WorkerGroup, plan_layout
+
+__all__ = ["RenderError", "RenderOptions", "render_job_objects", "render_rayjob", "render_trainer_config"]
+
+ENTRYPOINT = f"rlhf train --config {naming.CONFIG_PATH}"
+DEFAULT_OUTPUT_DIR = "/tmp/rlhf-output"
+SHM_VOLUME = "dshm"
+CHECKPOINT_VOLUME = "checkpoints"
+CONFIG_VOLUME = "trainer-config"
+GPU_RESOURCE = "nvidia.com/gpu"
+SECRET_ENV = {"hf_token": "HF_TOKEN", "wandb_api_key": "WANDB_API_KEY"}
+JOB_ENV = ("RLHF_JOB_NAME", "RLHF_JOB_NAMESPACE")
+HEAD_PORTS = (
+    ("gcs-server", 6379),
+    ("dashboard", 8265),
+    ("client", 10001),
+    ("metrics", naming.RAY_METRICS_PORT),
+    ("trainer-metrics", naming.TRAINER_METRICS_PORT),
+)
+WORKER_PORTS = (("metrics", naming.RAY_METRICS_PORT),)
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    default_image: str
+    namespace: str | None = None  # used when metadata.namespace is unset
+    attempt: int = 0
+    resume_from: str | None = None
+    output_dir: str = DEFAULT_OUTPUT_DIR
+    # RayJob spec.managedBy: unset = KubeRay; "kueue.x-k8s.io/multikueue" hands the RayJob to MultiKueue
+    # (and keeps a KubeRay controller off it, which the e2e tests that play KubeRay rely on).
+    rayjob_managed_by: str | None = None
+
+
+def render_job_objects(job: RLHFJob, options: RenderOptions) -> list[dict[str, Any]]:
+    """ConfigMap, ServiceAccount, Role, RoleBinding and RayJob, in the order they are created."""
+    return [
+        render_config_map(job, options),
+        *render_trainer_rbac(job, options),
+        render_rayjob(job, options),
+    ]
+
+
+def job_namespace(job: RLHFJob, options: RenderOptions) -> str:
+    return job.metadata.namespace or options.namespace or "default"
+
+
+def job_uid(job: RLHFJob) -> str | None:
+    return (job.metadata.model_extra or {}).get("uid")
+
+
+def render_trainer_config(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
+    config = TrainerConfig(
+        job_name=job.metadata.name,
+        namespace=job_namespace(job, options),
+        spec=job.spec,
+        attempt=options.attempt,
+        resume_from=options.resume_from,
+        output_dir=options.output_dir,
+        status_sink="kubernetes",
+        metrics_port=naming.TRAINER_METRICS_PORT,
+        backend="ray",
+    )
+    return config.to_wire()
+
+
+def render_config_map(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
+    text = yaml.safe_dump(render_trainer_config(job, options), sort_keys=False)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, options, naming.config_map_name(job.metadata.name)),
+        "data": {naming.CONFIG_KEY: text},
+    }
+
+
+def render_trainer_rbac(job: RLHFJob, options: RenderOptions) -> list[dict[str, Any]]:
+    """The trainer's identity: it may get and patch this job's status, nothing else."""
+    name = naming.trainer_account_name(job.metadata.name)
+    namespace = job_namespace(job, options)
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(job, options, name)}
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(job, options, name),
+        "rules": [
+            {
+                "apiGroups": [GROUP],
+                "resources": [f"{PLURAL}/status"],
+                "resourceNames": [job.metadata.name],
+                "verbs": ["get", "patch"],
+            }
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(job, options, name),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+    }
+    return [account, role, binding]
+
+
+def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
+    spec = job.spec
+    layout = plan_layout(spec)
+    _check_template(spec)
+    metadata = _metadata(job, options, naming.rayjob_name(job.metadata.name, options.attempt))
+    metadata["labels"][naming.LABEL_ATTEMPT] = str(options.attempt)
+    if spec.queue_name:
+        metadata["labels"][naming.LABEL_QUEUE] = spec.queue_name
+    metadata["annotations"] = {naming.ANNOTATION_SPEC: spec_annotation(spec)}
+    rayjob_spec: dict[str, Any] = {
+        "entrypoint": ENTRYPOINT,
+        "submissionMode": "K8sJobMode",
+        # The operator restarts failed attempts itself (a new RayJob that resumes from the latest
+        # checkpoint), so KubeRay must not retry on its own.
+        "backoffLimit": 0,
+        "shutdownAfterJobFinishes": True,
+        "suspend": spec.suspend,
+    }
+    if options.rayjob_managed_by:
+        rayjob_spec["managedBy"] = options.rayjob_managed_by
+    if spec.active_deadline_seconds is not None:
+        rayjob_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        rayjob_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    rayjob_spec["rayClusterSpec"] = {
+        "headGroupSpec": {
+            "rayStartParams": {
+                "dashboard-host": "0.0.0.0",
+                "metrics-export-port": str(naming.RAY_METRICS_PORT),
+            },
+            "template": _head_template(job, options),
+        },
+        "workerGroupSpecs": [_worker_group(job, options, group) for group in layout.groups],
+    }
+    return {"apiVersion": naming.RAY_API_VERSION, "kind": "RayJob", "metadata": metadata, "spec": rayjob_spec}
+
+
+def spec_annotation(spec: RLHFJobSpec) -> str:
+    return json.dumps(spec.to_wire(), separators=(",", ":"), sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------------
+# pods
+
+
+def _head_template(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
+    spec = job.spec
+    env = _common_env(spec) + [
+        {"name": "RLHF_JOB_NAME", "value": job.metadata.name},
+        {"name": "RLHF_JOB_NAMESPACE", "value": job_namespace(job, options)},
+    ]
+    container = _container(spec, options, "ray-head", env, spec.head.resources.to_wire(), HEAD_PORTS)
+    container["volumeMounts"].append(
+        {"name": CONFIG_VOLUME, "mountPath": naming.CONFIG_DIR, "readOnly": True}
+    )
+    volumes = _common_volumes(spec) + [
+        {"name": CONFIG_VOLUME, "configMap": {"name": naming.config_map_name(job.metadata.name)}}
+    ]
+    pod_spec = _pod_spec(spec, container, volumes)
+    pod_spec["serviceAccountName"] = naming.trainer_account_name(job.metadata.name)
+    return {"metadata": _pod_metadata(job, options, "head", ()), "spec": pod_spec}
+
+
+def _worker_group(job: RLHFJob, options: RenderOptions, group: WorkerGroup) -> dict[str, Any]:
+    spec = job.spec
+    resources = spec.workers.resources.to_wire()
+    requests = {**resources.get("requests", {}), GPU_RESOURCE: group.gpus_per_pod}
+    limits = {**resources.get("limits", {}), GPU_RESOURCE: group.gpus_per_pod}
+    gpu_resources = {"requests": requests, "limits": limits}
+    container = _container(spec, options, "ray-worker", _common_env(spec), gpu_resources, WORKER_PORTS)
+    pod_spec = _pod_spec(spec, container, _common_volumes(spec))
+    return {
+        "groupName": group.name,
+        "replicas": group.replicas,
+        "minReplicas": group.replicas,
+        "maxReplicas": group.replicas,
+        "rayStartParams": {"metrics-export-port": str(naming.RAY_METRICS_PORT)},
+        "template": {"metadata": _pod_metadata(job, options, "worker", group.roles), "spec": pod_spec},
+    }
+
+
+def _container(
+    spec: RLHFJobSpec,
+    options: RenderOptions,
+    name: str,
+    env: list[dict[str, Any]],
+    resources: dict[str, Any],
+    ports: tuple[tuple[str, int], ...],
+) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": name, "image": spec.image or options.default_image}
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    container["env"] = env
+    container["ports"] = [{"name": port_name, "containerPort": port} for port_name, port in ports]
+    container["resources"] = {key: value for key, value in resources.items() if value}
+    mounts = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
+    if spec.checkpoint is not None and spec.checkpoint.volume is not None:
+        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path})
+    mounts += [mount.to_wire() for mount in spec.template.volume_mounts]
+    container["volumeMounts"] = mounts
+    return container
+
+
+def _common_env(spec: RLHFJobSpec) -> list[dict[str, Any]]:
+    env = [var.to_wire() for var in spec.template.env]
+    for field, env_name in SECRET_ENV.items():
+        ref = getattr(spec.secrets, field)
+        if ref is not None:
+            env.append({"name": env_name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return env
+
+
+def _common_volumes(spec: RLHFJobSpec) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}}]
+    if spec.checkpoint is not None and spec.checkpoint.volume is not None:
+        volumes.append({"name": CHECKPOINT_VOLUME, **spec.checkpoint.volume.to_wire()})
+    # The volume's name first, as people write them.
+    volumes += [{"name": volume.name, **volume.to_wire()} for volume in spec.template.volumes]
+    return volumes
+
+
+def _pod_spec(spec: RLHFJobSpec, container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    template = spec.template
+    pod: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    if template.node_selector:
+        pod["nodeSelector"] = dict(template.node_selector)
+    if template.tolerations:
+        pod["tolerations"] = [toleration.to_wire() for toleration in template.tolerations]
+    if template.image_pull_secrets:
+        pod["imagePullSecrets"] = [ref.to_wire() for ref in template.image_pull_secrets]
+    if spec.priority_class_name:
+        pod["priorityClassName"] = spec.priority_class_name
+    return pod
+
+
+def _pod_metadata(job: RLHFJob, options: RenderOptions, role: str, roles: tuple[str, ...]) -> dict[str, Any]:
+    labels = {
+        **job.spec.template.labels,
+        **naming.job_labels(job.metadata.name),
+        naming.LABEL_ATTEMPT: str(options.attempt),
+        naming.LABEL_ROLE: role,
+    }
+    metadata: dict[str, Any] = {"labels": labels}
+    annotations = dict(job.spec.template.annotations)
+    if roles:
+        annotations["rlhf.io/roles"] = ",".join(roles)
+    if annotations:
+        metadata["annotations"] = annotations
+    return metadata
+
+
+def _metadata(job: RLHFJob, options: RenderOptions, name: str) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": job_namespace(job, options),
+        "labels": naming.job_labels(job.metadata.name),
+    }
+    uid = job_uid(job)
+    if uid:
+        metadata["ownerReferences"] = [naming.owner_reference(job.metadata.name, uid)]
+    return metadata
+
+
+def _check_template(spec: RLHFJobSpec) -> None:
+    """Overrides must not collide with what the operator sets itself."""
+    reserved_volumes = {SHM_VOLUME, CHECKPOINT_VOLUME, CONFIG_VOLUME}
+    for index, volume in enumerate(spec.template.volumes):
+        if volume.name in reserved_volumes:
+            raise RenderError(
+                f"spec.template.volumes[{index}].name", f"{volume.name!r} is reserved by the operator"
+            )
+    reserved_paths = {"/dev/shm": "the shared-memory volume", naming.CONFIG_DIR: "the trainer config"}
+    if spec.checkpoint is not None and spec.checkpoint.volume is not None:
+        reserved_paths[spec.checkpoint.path.rstrip("/") or "/"] = (
+            "the checkpoint volume (spec.checkpoint.path)"
+        )
+    for index, mount in enumerate(spec.template.volume_mounts):
+        path = mount.mount_path.rstrip("/") or "/"
+        if path in reserved_paths:
+            raise RenderError(
+                f"spec.template.volumeMounts[{index}].mountPath",
+                f"{path} is already used by {reserved_paths[path]}",
+            )
+    reserved_env = set(JOB_ENV) | {name for field, name in SECRET_ENV.items() if getattr(spec.secrets, field)}
+    for index, var in enumerate(spec.template.env):
+        if var.name in reserved_env:
+            raise RenderError(f"spec.template.env[{index}].name", f"{var.name} is set by the operator")
+    reserved_labels = {naming.LABEL_JOB, naming.LABEL_ATTEMPT, naming.LABEL_ROLE, naming.LABEL_MANAGED_BY}
+    for key in spec.template.labels:
+        if key in reserved_labels:
+            raise RenderError(f"spec.template.labels.{key}", "is set by the operator")
