@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
 PROMETHEUS := /usr/bin/prometheus
-CLUSTER := $(PY) e2e/cluster.py
+CLUSTER := $(PYTHON) e2e/cluster.py
 
 .PHONY: demo test lint crds cluster-up cluster-down bench images
 
@@ -40,11 +40,13 @@ test: $(INSTALLED) $(PROMETHEUS)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests e2e
 
-cluster-up: $(INSTALLED)
+# A local control plane (no kubelet: objects are real, pods never run). The script needs only the
+# standard library; `make cluster-up` builds the binaries on first use (see e2e/README.md).
+cluster-up:
 	$(CLUSTER) up
 
 cluster-down:
-	test ! -x $(PY) || $(CLUSTER) down
+	$(CLUSTER) down
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
