@@ -1,0 +1,124 @@
+"""A DeepSpeed training engine around one model: optimizer, schedule, accumulation, clipping,
+ZeRO, checkpoints and a full state dict for weight sync and HF export."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from ..api.spec import RoleSpec, TrainingSpec
+from ..batching import BatchPlan
+from .config import deepspeed_config, effective_precision, lr_multiplier, uses_deepspeed_cpu_adam
+
+log = logging.getLogger(__name__)
+
+# Betas of most LLM RL recipes: a shorter second-moment memory than torch's 0.999 keeps Adam
+# responsive to the non-stationary policy-gradient signal.
+ADAM_BETAS = (0.9, 0.95)
+CHECKPOINT_TAG = "engine"
+
+
+class TrainingEngine:
+    """Wraps deepspeed.initialize for one role (actor or critic).
+
+    Call `backward(loss)` per micro batch and `step()` after each; DeepSpeed averages gradients
+    over gradientAccumulation micro batches and only the last of them updates the weights.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        role: RoleSpec,
+        training: TrainingSpec,
+        plan: BatchPlan,
+        learning_rate: float,
+        use_gpu: bool,
+    ) -> None:
+        import deepspeed
+
+        self.role = role
+        self.zero_stage = role.zero_stage
+        # ZeRO 0 in fp32 clips inside step() without recording the norm; the other modes record it.
+        self._manual_grad_norm = role.zero_stage == 0 and effective_precision(role, use_gpu) == "fp32"
+        params = [p for p in module.parameters() if p.requires_grad]
+        if uses_deepspeed_cpu_adam(role, use_gpu):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer: torch.optim.Optimizer = DeepSpeedCPUAdam(
+                params, lr=learning_rate, betas=ADAM_BETAS, weight_decay=training.weight_decay, adamw_mode=True
+            )
+        else:
+            optimizer = torch.optim.AdamW(
+                params, lr=learning_rate, betas=ADAM_BETAS, weight_decay=training.weight_decay
+            )
+        total = plan.total_optimizer_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_multiplier(step, total, training)
+        )
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=deepspeed_config(role, training, plan, use_gpu),
+            dist_init_required=False,
+        )
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.engine(*args, **kwargs)
+
+    def train(self) -> None:
+        self.engine.train()
+
+    def eval(self) -> None:
+        self.engine.eval()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> float | None:
+        """Finish one micro batch. Returns the gradient norm (before clipping) when this micro
+        batch closed an accumulation window and the optimizer stepped, else None."""
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        manual_norm = self._grad_norm() if boundary and self._manual_grad_norm else None
+        self.engine.step()
+        if not boundary:
+            return None
+        if manual_norm is not None:
+            return manual_norm
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def _grad_norm(self) -> float:
+        grads = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
+        return float(torch.stack(grads).norm()) if grads else 0.0
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    # ---------------------------------------------------------------- state
+
+    def full_state_dict(self, to_cpu: bool) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer in full (ZeRO-3 partitions gathered), detached."""
+        if self.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+                return {k: v.detach().clone().cpu() for k, v in self.module.state_dict().items()}
+        return {k: (v.detach().cpu() if to_cpu else v.detach()) for k, v in self.module.state_dict().items()}
+
+    def save(self, directory: str) -> None:
+        self.engine.save_checkpoint(directory, tag=CHECKPOINT_TAG)
+
+    def load(self, directory: str) -> None:
+        path, _ = self.engine.load_checkpoint(
+            directory, tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/{CHECKPOINT_TAG}")

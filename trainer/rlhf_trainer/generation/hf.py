@@ -1,0 +1,86 @@
+"""The `hf` generation engine: transformers' generate on the engine's own copy of the policy
+(or on the actor's module itself when generation runs inside the actor)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig
+
+from ..api.spec import GenerationSpec
+from .base import GenerationOutput, completion_mask, left_pad
+
+
+def sampling_config(spec: GenerationSpec, eos_ids: list[int], pad_id: int) -> GenerationConfig:
+    """Every sampling knob set explicitly: a model's own generation_config.json (repetition
+    penalties, top-k) would otherwise fill the unset ones and change the distribution trained on."""
+    return GenerationConfig(
+        do_sample=True,
+        num_beams=1,
+        max_new_tokens=spec.max_new_tokens,
+        min_new_tokens=0,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        top_k=spec.top_k,
+        min_p=0.0,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id,
+        use_cache=True,
+        return_dict_in_generate=False,
+    )
+
+
+class HFGenerationEngine:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        spec: GenerationSpec,
+        eos_ids: list[int],
+        pad_id: int,
+        device: torch.device,
+        max_batch_size: int | None = None,
+    ) -> None:
+        self.model = model
+        self.spec = spec
+        self.eos_ids = eos_ids
+        self.pad_id = pad_id
+        self.device = device
+        self.max_batch_size = max_batch_size
+        self.config = sampling_config(spec, eos_ids, pad_id)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]]) -> GenerationOutput:
+        ids, mask = left_pad(prompts, self.pad_id, self.spec.max_prompt_length)
+        chunk = self.max_batch_size or len(prompts)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            pieces = [
+                self.model.generate(
+                    input_ids=ids[i : i + chunk].to(self.device),
+                    attention_mask=mask[i : i + chunk].to(self.device),
+                    generation_config=self.config,
+                )[:, ids.shape[1] :].cpu()
+                for i in range(0, len(prompts), chunk)
+            ]
+        finally:
+            self.model.train(was_training)
+        width = max(p.shape[1] for p in pieces)
+        responses = torch.cat(
+            [torch.nn.functional.pad(p, (0, width - p.shape[1]), value=self.pad_id) for p in pieces]
+        )
+        response_mask = completion_mask(responses, self.eos_ids)
+        responses = responses.masked_fill(response_mask == 0, self.pad_id)
+        return GenerationOutput(
+            input_ids=torch.cat([ids, responses], dim=1),
+            attention_mask=torch.cat([mask, response_mask], dim=1),
+            prompt_width=ids.shape[1],
+        )
+
+    @torch.no_grad()
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state_dict)

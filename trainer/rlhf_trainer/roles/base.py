@@ -1,0 +1,31 @@
+"""What every role does when its process starts, and the per-process parts of a checkpoint."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..engine.device import DistributedContext, device_for, init_distributed
+from ..rng import capture_rng_state, restore_rng_state, seed_everything
+
+
+def start_role_process(dist: DistributedContext, seed: int) -> torch.device:
+    """Process group, threads and seeds; returns the device the role computes on.
+
+    Seeding here (before any model is built) makes a fresh run's random inits, e.g. the critic's
+    value head, the same on every run with that seed.
+    """
+    init_distributed(dist)
+    seed_everything(seed + dist.rank)
+    return device_for(dist.use_gpu)
+
+
+def save_rng(directory: str, rank: int) -> None:
+    os.makedirs(directory, exist_ok=True)
+    torch.save(capture_rng_state(), os.path.join(directory, f"rng_rank{rank}.pt"))
+
+
+def load_rng(directory: str, rank: int) -> None:
+    path = os.path.join(directory, f"rng_rank{rank}.pt")
+    restore_rng_state(torch.load(path, weights_only=False))

@@ -1,0 +1,201 @@
+"""Run a job: `rlhf run JOB.yaml` (run_manifest) and `rlhf train --config FILE` (run_config_file)
+share one path: preflight -> backend -> roles -> resume -> RL loop -> summary."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from .api.job import RLHFJob, TrainerConfig
+from .api.validation import InvalidJobError, load_model
+from .engine.device import prepare_environment
+
+log = logging.getLogger("rlhf_trainer")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    steps: int
+    rewards: tuple[float, ...]
+    """reward/mean of the steps this run made."""
+    step_seconds: tuple[float, ...]
+    seconds: float
+    metrics_path: str
+    plot_path: str
+    checkpoint: str | None
+    hf_export: str | None
+
+    def lines(self) -> list[str]:
+        median = sorted(self.step_seconds)[len(self.step_seconds) // 2] if self.step_seconds else 0.0
+        out = [f"finished: {self.steps} steps in {self.seconds:.1f}s (start-up included; median step {median:.2f}s)"]
+        if self.rewards:
+            k = min(5, len(self.rewards))
+            first, last = sum(self.rewards[:k]) / k, sum(self.rewards[-k:]) / k
+            out.append(f"reward/mean: first step {self.rewards[0]:.3f}, last step {self.rewards[-1]:.3f}; "
+                       f"mean of first {k} {first:.3f} -> last {k} {last:.3f}")
+        out += [
+            f"metrics:    {self.metrics_path}",
+            f"plot:       {self.plot_path}",
+        ]
+        if self.checkpoint:
+            out.append(f"checkpoint: {self.checkpoint}")
+        if self.hf_export:
+            out.append(f"HF model:   {self.hf_export}")
+        return out
+
+
+def run_manifest(job: RLHFJob, output_dir: str | None, backend: str, metrics_port: int) -> int:
+    """`rlhf run`: the job on this machine (embedded Ray, or in-process with backend local)."""
+    config = TrainerConfig(
+        job_name=job.metadata.name,
+        namespace=job.metadata.namespace or "default",
+        spec=job.spec,
+        output_dir=output_dir or os.path.join("runs", job.metadata.name),
+        status_sink="file",
+        metrics_port=metrics_port,
+        backend=backend,
+    )
+    return run_trainer(config)
+
+
+def run_config_file(path: str) -> int:
+    """`rlhf train --config FILE`: a TrainerConfig (wire keys) as the operator renders it."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+        config = load_model(TrainerConfig, data, source=path)
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"{path}: cannot read: {exc}", file=sys.stderr)
+        return 1
+    except InvalidJobError as exc:
+        for error in exc.errors:
+            print(f"{error}  [{path}]", file=sys.stderr)
+        return 1
+    return run_trainer(config)
+
+
+def _configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rlhf_trainer").setLevel(logging.INFO)
+
+
+def run_trainer(config: TrainerConfig) -> int:
+    """Preflight, then train. Returns the exit code: 1 with the problems on stderr when a check
+    fails (nothing started), 1 when training fails, 0 when it finishes."""
+    _configure_logging()
+    use_gpu = any(r.gpus > 0 for r in (config.spec.models.actor, config.spec.models.critic,
+                                        config.spec.models.reference) if r is not None)
+    prepare_environment(use_gpu)
+
+    from .preflight import PreflightError, preflight
+
+    try:
+        prepared = preflight(config.spec, config.backend, config.resume_from)
+    except PreflightError as exc:
+        for error in exc.errors:
+            print(str(error), file=sys.stderr)
+        return 1
+    try:
+        summary = _train(config, prepared)
+    except Exception:
+        log.exception("training failed")
+        return 1
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
+def _start_backend(kind: str, spec) -> tuple[Any, Any, int, Callable[[], None]]:
+    """(backend, placement plan, torch threads per CPU role, stop) for `rlhf run --backend`."""
+    from .backends.placement import plan_placement
+
+    if kind == "local":
+        from .backends.local import LocalBackend
+
+        return LocalBackend(), plan_placement(spec, cpus=float(os.cpu_count() or 1)), 0, lambda: None
+    import ray
+
+    from .backends.ray_backend import RayBackend, cluster_cpus, start_ray
+
+    started = start_ray(num_cpus=os.cpu_count())
+    stop = ray.shutdown if started else (lambda: None)
+    try:
+        cpus = cluster_cpus()
+        plan = plan_placement(spec, cpus=cpus)
+        backend = RayBackend(plan)
+    except BaseException:
+        stop()
+        raise
+    # The loop is synchronous: roles take turns, so each CPU role may use every core while it runs.
+    return backend, plan, (0 if plan.uses_gpus else max(1, int(cpus))), stop
+
+
+def _train(config: TrainerConfig, prepared: Any) -> RunSummary:
+    from .checkpoint import Checkpointer, load_checkpoint, restore_driver_rng
+    from .loop import RLLoop
+    from .rewards import build_rewards
+    from .telemetry import Telemetry
+    from .topology import start_roles
+
+    started = time.perf_counter()
+    spec = prepared.spec
+    backend, plan, num_threads, stop = _start_backend(config.backend, spec)
+    telemetry = None
+    success = False
+    try:
+        roles = start_roles(spec, backend, plan, num_threads=num_threads)
+        log.info("roles ready after %.1fs: %s", time.perf_counter() - started,
+                 ", ".join(f"{g.name} x{g.size}" for g in roles.all()))
+        scorers = {index: _role_scorer(backend, group) for index, group in roles.reward_models.items()}
+        rewards = build_rewards(spec, model_scorers=scorers)
+        rewards.preflight()
+        telemetry = Telemetry(config, spec.training.max_steps, spec.algorithm.name)
+        checkpointer = Checkpointer(spec.checkpoint, spec.training.max_steps) if spec.checkpoint else None
+        loop = RLLoop(spec, roles, backend, rewards, prepared.dataset, prepared.tokenizer, telemetry,
+                      checkpointer, prepared.eval_dataset)
+        start_step = 0
+        if prepared.resume_path is not None:
+            state = load_checkpoint(prepared.resume_path, roles, backend)
+            prepared.dataset.load_state_dict(state["data"])
+            start_step = int(state["step"])
+            loop.sync_weights()  # the engines started from the base model
+            restore_driver_rng(prepared.resume_path)  # last: nothing may draw from it after this
+            log.info("resumed from %s at step %d", prepared.resume_path, start_step)
+        result = loop.run(start_step)
+        success = True
+    finally:
+        if telemetry is not None:
+            telemetry.close(success)
+        backend.shutdown()
+        stop()
+    last = result.checkpoints[-1] if result.checkpoints else None
+    return RunSummary(
+        steps=result.steps_run,
+        rewards=tuple(result.rewards),
+        step_seconds=tuple(result.step_seconds),
+        seconds=time.perf_counter() - started,
+        metrics_path=telemetry.metrics_path,
+        plot_path=telemetry.curves_path,
+        checkpoint=last.path if last else None,
+        hf_export=last.hf_path if last else None,
+    )
+
+
+def _role_scorer(backend: Any, group: Any) -> Callable[[list[str]], list[float]]:
+    """The RewardSet's scorer for a reward-model role: texts split over its replicas."""
+    from .batch import even_ranges
+
+    def score(texts: list[str]) -> list[float]:
+        ranges = even_ranges(len(texts), group.size)
+        parts = backend.get(group.call_each("score", [(texts[a:b],) for a, b in ranges]))
+        return [value for part in parts for value in part]
+
+    return score
