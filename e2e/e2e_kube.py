@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import socket
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,3 +105,22 @@ class ControlPlane:
         if not path.exists():
             raise FileNotFoundError(f"{path}: not built (see e2e/cluster.py build)")
         return path
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def eventually(probe: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """The first truthy value of probe(), or fail after `timeout` seconds naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)

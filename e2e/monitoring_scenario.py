@@ -3,34 +3,27 @@ PPO jobs it applies, and the RayJob status it writes in KubeRay's place (no Kube
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from e2e_kube import ControlPlane, Kubectl, KubectlError
-from prometheus_server import free_port
+from e2e_kube import ControlPlane, Kubectl, KubectlError, free_port
+from e2e_kube import eventually as poll_until
 
 REPO = Path(__file__).resolve().parent.parent
 MULTIKUEUE = "kueue.x-k8s.io/multikueue"  # a KubeRay controller another test runs leaves these alone
 IMAGE = "registry.example/rlhf-trainer:e2e"
 
 
-def eventually(probe: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+# Scenario probes shell out to kubectl: poll twice a second, not faster.
+eventually = functools.partial(poll_until, interval=0.5)
 
 
 def tiny_ppo_job(name: str, demo: dict[str, str], checkpoints: Path, **spec: Any) -> dict[str, Any]:

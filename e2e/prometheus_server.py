@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from e2e_kube import free_port
 
 INSTALL_HINT = "install it with `apt-get install -y --no-install-recommends prometheus` (`make test` does)"
 
@@ -27,12 +27,6 @@ def prometheus_binary(name: str = "prometheus") -> Path:
     if found is None:
         raise FileNotFoundError(f"no `{name}` binary: {INSTALL_HINT}")
     return Path(found)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

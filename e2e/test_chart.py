@@ -15,18 +15,15 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from e2e_kube import ControlPlane, Kubectl, KubectlError
+from e2e_kube import ControlPlane, Kubectl, KubectlError, eventually, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -35,23 +32,6 @@ CHART = REPO / "helm" / "rlhf-operator"
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 # RayJobs handed to MultiKueue are left alone by a KubeRay operator another test may run here.
 MULTIKUEUE = "kueue.x-k8s.io/multikueue"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def eventually(probe: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def helm(

@@ -9,12 +9,12 @@ plane leaves them alone. The last test runs the real KubeRay operator on an unma
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_kube import ControlPlane, Kubectl
+from e2e_kube import ControlPlane, Kubectl, free_port
+from e2e_kube import eventually as poll_until
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
@@ -48,22 +49,8 @@ LATENCIES: list[tuple[str, float]] = []
 # helpers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def eventually(probe: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """The first truthy value of probe(), or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+# Poll every 50 ms: the phase latencies these tests measure are around 100 ms.
+eventually = functools.partial(poll_until, interval=0.05)
 
 
 def example(stem: str, name: str, **spec: Any) -> dict[str, Any]:

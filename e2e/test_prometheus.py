@@ -40,9 +40,9 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_kube import ControlPlane, Kubectl
+from e2e_kube import ControlPlane, Kubectl, free_port
 from monitoring_scenario import Scenario, eventually, tiny_ppo_job
-from prometheus_server import Prometheus, ScrapeJob, finite_values, free_port, prometheus_binary
+from prometheus_server import Prometheus, ScrapeJob, finite_values, prometheus_binary
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "chart"))
