@@ -56,6 +56,11 @@ crds: $(INSTALLED)
 	$(RLHF) crds > crds/rlhfjobs.rlhf.io.yaml
 	cp crds/rlhfjobs.rlhf.io.yaml helm/rlhf-operator/crds/rlhfjobs.rlhf.io.yaml
 
+# CPU benchmarks side by side with their peers (TRL, KubeRay); results in bench/results/, table in bench/README.md.
+bench: $(INSTALLED)
+	$(PIP) install -q --no-build-isolation -e '.[trainer,dev,bench]'
+	$(PY) bench/run.py --update-readme
+
 # Needs a Docker engine; images/build.sh says so plainly where there is none.
 images:
 	images/build.sh all
