@@ -89,8 +89,13 @@ def render_trainer_config(job: RLHFJob, options: RenderOptions) -> dict[str, Any
     return config.to_wire()
 
 
+# libyaml's dumper: the same text, about 5x faster. The YAML dump was the operator's largest
+# CPU cost with 500 jobs (bench/bench_operator_scale.py --profile).
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def render_config_map(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
-    text = yaml.safe_dump(render_trainer_config(job, options), sort_keys=False)
+    text = yaml.dump(render_trainer_config(job, options), Dumper=_YAML_DUMPER, sort_keys=False)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
