@@ -48,16 +48,27 @@ def steps_to_threshold(rewards: list[float], threshold: float, window: int) -> i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--window", type=int, default=5)
     parser.add_argument("--threshold", type=float, default=0.3, help="the reward level of the headline ratio")
-    parser.add_argument("--levels", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5],
-                        help="more levels, reported in the JSON")
+    parser.add_argument(
+        "--levels",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.2, 0.3, 0.4, 0.5],
+        help="more levels, reported in the JSON",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per run (0: default); learning, not speed, is measured here")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per run (0: default); learning, not speed, is measured here",
+    )
     args = parser.parse_args()
 
     base = load_manifest()
@@ -66,16 +77,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-") as tmp:
         for seed in args.seeds:
             for algorithm in ALGORITHMS:
-                doc = bench_manifest(base, steps=args.steps, seed=seed, algorithm=algorithm,
-                                     name=f"bench-{algorithm}-s{seed}")
+                doc = bench_manifest(
+                    base, steps=args.steps, seed=seed, algorithm=algorithm, name=f"bench-{algorithm}-s{seed}"
+                )
                 validated(doc)
                 manifest = Path(tmp) / f"{algorithm}-{seed}.yaml"
                 manifest.write_text(yaml.safe_dump(doc))
                 out = Path(tmp) / f"{algorithm}-{seed}.json"
                 print(f"{algorithm} seed {seed} ...", flush=True)
-                run_child(["bench/ours_grpo.py", str(manifest), "--backend", "local", "--output", str(out)],
-                          args.timeout, RESULTS_DIR / "logs" / f"grpovi_vs_grpo.{algorithm}.{seed}.log",
-                          env={"OMP_NUM_THREADS": str(args.threads)} if args.threads else None)
+                run_child(
+                    ["bench/ours_grpo.py", str(manifest), "--backend", "local", "--output", str(out)],
+                    args.timeout,
+                    RESULTS_DIR / "logs" / f"grpovi_vs_grpo.{algorithm}.{seed}.log",
+                    env={"OMP_NUM_THREADS": str(args.threads)} if args.threads else None,
+                )
                 run = json.loads(out.read_text())
                 curves[algorithm][seed] = run["reward_mean"]
                 seconds[algorithm].append(run["train_s"])
@@ -107,21 +122,27 @@ def main() -> None:
         "window": args.window,
         "threshold": threshold,
         "ratio_steps_by_level": {
-            str(level): ratio(per_algorithm["grpo"]["median_steps_by_level"][str(level)],
-                              per_algorithm["grpovi"]["median_steps_by_level"][str(level)])
+            str(level): ratio(
+                per_algorithm["grpo"]["median_steps_by_level"][str(level)],
+                per_algorithm["grpovi"]["median_steps_by_level"][str(level)],
+            )
             for level in args.levels
         },
         "algorithms": per_algorithm,
-        "ratio_steps_grpo_over_grpovi": ratio(per_algorithm["grpo"]["median_steps"],
-                                               per_algorithm["grpovi"]["median_steps"]),
-        "ratio_mean_reward_grpovi_over_grpo": ratio(per_algorithm["grpovi"]["mean_reward_all_steps"],
-                                                     per_algorithm["grpo"]["mean_reward_all_steps"]),
+        "ratio_steps_grpo_over_grpovi": ratio(
+            per_algorithm["grpo"]["median_steps"], per_algorithm["grpovi"]["median_steps"]
+        ),
+        "ratio_mean_reward_grpovi_over_grpo": ratio(
+            per_algorithm["grpovi"]["mean_reward_all_steps"], per_algorithm["grpo"]["mean_reward_all_steps"]
+        ),
         "reward_curves": {a: {str(s): c for s, c in per_seed.items()} for a, per_seed in curves.items()},
     }
     path = write_result("grpovi_vs_grpo", result)
     for algorithm, info in per_algorithm.items():
-        print(f"{algorithm:7s} steps to {threshold:.3f}: {info['steps_to_threshold']} "
-              f"(median {info['median_steps']}), mean reward {info['mean_reward_all_steps']:.3f}")
+        print(
+            f"{algorithm:7s} steps to {threshold:.3f}: {info['steps_to_threshold']} "
+            f"(median {info['median_steps']}), mean reward {info['mean_reward_all_steps']:.3f}"
+        )
     print(f"GRPO/GRPOVI median steps ratio {result['ratio_steps_grpo_over_grpovi']:.2f}; wrote {path}")
 
 

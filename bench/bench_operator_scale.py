@@ -87,8 +87,11 @@ class ControlPlane:
         if self.started_kuberay:
             cluster._stop("kuberay-operator")
         cluster.leave(os.getpid())
-        others = [p for p in (cluster.LEASE_DIR.glob("*") if cluster.LEASE_DIR.is_dir() else [])
-                  if p.name.isdigit() and Path(f"/proc/{p.name}").exists()]
+        others = [
+            p
+            for p in (cluster.LEASE_DIR.glob("*") if cluster.LEASE_DIR.is_dir() else [])
+            if p.name.isdigit() and Path(f"/proc/{p.name}").exists()
+        ]
         if self.started_cluster and not others:
             cluster.down()
 
@@ -96,15 +99,28 @@ class ControlPlane:
 class Operator:
     """`rlhf operator` as a subprocess watching one namespace."""
 
-    def __init__(self, namespace: str, env: dict[str, str], log_path: Path, wrapper: Path | None = None) -> None:
+    def __init__(
+        self, namespace: str, env: dict[str, str], log_path: Path, wrapper: Path | None = None
+    ) -> None:
         self.metrics_port, self.liveness_port = _free_port(), _free_port()
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         command = [sys.executable, str(wrapper)] if wrapper else [str(REPO / ".venv" / "bin" / "rlhf")]
         self.proc = subprocess.Popen(
-            [*command, "operator", "--namespace", namespace,
-             "--metrics-port", str(self.metrics_port), "--liveness-port", str(self.liveness_port)],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                *command,
+                "operator",
+                "--namespace",
+                namespace,
+                "--metrics-port",
+                str(self.metrics_port),
+                "--liveness-port",
+                str(self.liveness_port),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 120
         while True:
@@ -140,9 +156,23 @@ def _delete_namespace(core: k8s.CoreV1Api, name: str) -> None:
 
 def _start_profiler(pid: int, path: Path) -> subprocess.Popen:
     """py-spy sampling the operator (collapsed stacks; summarise with bench/profile_summary.py)."""
-    return subprocess.Popen([str(REPO / ".venv" / "bin" / "py-spy"), "record", "--pid", str(pid), "--rate", "50",
-                             "--format", "raw", "--threads", "-o", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            str(REPO / ".venv" / "bin" / "py-spy"),
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "50",
+            "--format",
+            "raw",
+            "--threads",
+            "-o",
+            str(path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _stop_profiler(profiler: subprocess.Popen | None) -> None:
@@ -152,17 +182,25 @@ def _stop_profiler(profiler: subprocess.Popen | None) -> None:
             profiler.wait(30)
 
 
-def measure_operator(api: k8s.ApiClient, namespace: str, jobs: int, threads: int, managed_by: str | None,
-                     timeout: float, profile: Path | None, wrapper: Path | None = None,
-                     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def measure_operator(
+    api: k8s.ApiClient,
+    namespace: str,
+    jobs: int,
+    threads: int,
+    managed_by: str | None,
+    timeout: float,
+    profile: Path | None,
+    wrapper: Path | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     custom = k8s.CustomObjectsApi(api)
     env = bench_env()
     env["KUBECONFIG"] = str(cluster.KUBECONFIG)
     if managed_by:
         env["RLHF_OPERATOR_RAYJOB_MANAGED_BY"] = managed_by
     names = [f"bench-{i:04d}" for i in range(jobs)]
-    job_watch = Watcher(custom, GROUP, VERSION, PLURAL, namespace,
-                        key=lambda o: (o.get("status") or {}).get("phase")).start()
+    job_watch = Watcher(
+        custom, GROUP, VERSION, PLURAL, namespace, key=lambda o: (o.get("status") or {}).get("phase")
+    ).start()
     ray_watch = Watcher(custom, *RAY, "rayjobs", namespace).start()
     operator = Operator(namespace, env, RESULTS_DIR / "logs" / "operator_scale.operator.log", wrapper)
     pid = operator.proc.pid
@@ -200,7 +238,9 @@ def measure_operator(api: k8s.ApiClient, namespace: str, jobs: int, threads: int
             before = proc_sample(pid)
             patched: dict[str, float] = {}
 
-            def patch(name: str, status: dict[str, str] = status, patched: dict[str, float] = patched) -> None:
+            def patch(
+                name: str, status: dict[str, str] = status, patched: dict[str, float] = patched
+            ) -> None:
                 custom.patch_namespaced_custom_object_status(
                     *RAY, namespace, "rayjobs", f"{name}-a0", {"status": status}
                 )
@@ -237,15 +277,25 @@ def _as_fresh(rayjob: dict[str, Any], namespace: str) -> dict[str, Any]:
     """A rendered RayJob as a new object: no server-set metadata, no owner, no status, KubeRay-managed."""
     obj = copy.deepcopy(rayjob)
     meta = obj["metadata"]
-    obj["metadata"] = {"name": meta["name"], "namespace": namespace, "labels": meta.get("labels", {}),
-                       "annotations": meta.get("annotations", {})}
+    obj["metadata"] = {
+        "name": meta["name"],
+        "namespace": namespace,
+        "labels": meta.get("labels", {}),
+        "annotations": meta.get("annotations", {}),
+    }
     obj.pop("status", None)
     obj["spec"].pop("managedBy", None)
     return obj
 
 
-def measure_kuberay(api: k8s.ApiClient, plane: ControlPlane, namespace: str, rayjobs: list[dict[str, Any]],
-                    threads: int, timeout: float) -> dict[str, Any]:
+def measure_kuberay(
+    api: k8s.ApiClient,
+    plane: ControlPlane,
+    namespace: str,
+    rayjobs: list[dict[str, Any]],
+    threads: int,
+    timeout: float,
+) -> dict[str, Any]:
     custom = k8s.CustomObjectsApi(api)
     pid = plane.start_kuberay()
     cluster_watch = Watcher(custom, *RAY, "rayclusters", namespace).start()
@@ -253,10 +303,14 @@ def measure_kuberay(api: k8s.ApiClient, plane: ControlPlane, namespace: str, ray
         before = proc_sample(pid)
         objs = [_as_fresh(r, namespace) for r in rayjobs]
         t0 = time.monotonic()
-        parallel(lambda o: custom.create_namespaced_custom_object(*RAY, namespace, "rayjobs", o), objs, threads)
+        parallel(
+            lambda o: custom.create_namespaced_custom_object(*RAY, namespace, "rayjobs", o), objs, threads
+        )
         t_applied = time.monotonic()
         if not cluster_watch.wait_for(len(objs), timeout=timeout):
-            raise RuntimeError(f"KubeRay made {cluster_watch.count()} of {len(objs)} RayClusters in {timeout:.0f}s")
+            raise RuntimeError(
+                f"KubeRay made {cluster_watch.count()} of {len(objs)} RayClusters in {timeout:.0f}s"
+            )
         t_all = max(cluster_watch.seen.values())
         after = proc_sample(pid)
         return {
@@ -272,15 +326,25 @@ def measure_kuberay(api: k8s.ApiClient, plane: ControlPlane, namespace: str, ray
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--threads", type=int, default=16, help="writer threads applying objects at once")
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per stage")
     parser.add_argument("--skip-kuberay", action="store_true", help="operator only, no reference run")
-    parser.add_argument("--operator-wrapper", type=Path, default=None,
-                        help="run this script instead of `rlhf` (same arguments): for trying operator changes")
-    parser.add_argument("--profile", type=Path, default=None,
-                        help="py-spy the operator into this collapsed-stack file (adds sampling overhead)")
+    parser.add_argument(
+        "--operator-wrapper",
+        type=Path,
+        default=None,
+        help="run this script instead of `rlhf` (same arguments): for trying operator changes",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy the operator into this collapsed-stack file (adds sampling overhead)",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
 
@@ -294,8 +358,16 @@ def main() -> None:
         managed_by = "kueue.x-k8s.io/multikueue" if plane.kuberay_alive() else None
         _namespace(core, op_ns)
         try:
-            operator, rayjobs = measure_operator(api, op_ns, args.jobs, args.threads, managed_by, args.timeout,
-                                                 args.profile, args.operator_wrapper)
+            operator, rayjobs = measure_operator(
+                api,
+                op_ns,
+                args.jobs,
+                args.threads,
+                managed_by,
+                args.timeout,
+                args.profile,
+                args.operator_wrapper,
+            )
             reference = None
             if not args.skip_kuberay:
                 _namespace(core, ray_ns)
@@ -312,13 +384,17 @@ def main() -> None:
         result["operator_wrapper"] = str(args.operator_wrapper)
     path = write_result("operator_scale", result, args.results_dir)
     lat = {p: t["latency"] for p, t in operator["transitions"].items()}
-    print(f"operator: {args.jobs} RLHFJobs -> all RayJobs in {operator['all_rayjobs_s']:.1f}s; "
-          + "; ".join(f"->{p} p50 {v['p50_s']:.2f}s p99 {v['p99_s']:.2f}s" for p, v in lat.items())
-          + f"; peak RSS {operator['operator_rss_mib']['peak']:.0f} MiB, "
-          f"CPU {operator['operator_cpu_s']['total']:.1f}s")
+    print(
+        f"operator: {args.jobs} RLHFJobs -> all RayJobs in {operator['all_rayjobs_s']:.1f}s; "
+        + "; ".join(f"->{p} p50 {v['p50_s']:.2f}s p99 {v['p99_s']:.2f}s" for p, v in lat.items())
+        + f"; peak RSS {operator['operator_rss_mib']['peak']:.0f} MiB, "
+        f"CPU {operator['operator_cpu_s']['total']:.1f}s"
+    )
     if reference is not None:
-        print(f"KubeRay: {args.jobs} RayJobs -> all RayClusters in {reference['all_rayclusters_s']:.1f}s; "
-              f"ratio {result['ratio_all_rayjobs_vs_kuberay_all_rayclusters']:.2f}")
+        print(
+            f"KubeRay: {args.jobs} RayJobs -> all RayClusters in {reference['all_rayclusters_s']:.1f}s; "
+            f"ratio {result['ratio_all_rayjobs_vs_kuberay_all_rayclusters']:.2f}"
+        )
     print(f"wrote {path}")
 
 

@@ -16,6 +16,7 @@ Needs `pip install trl` (benchmark-only dependency).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import tempfile
@@ -43,7 +44,14 @@ def _run(runner: str, manifest: Path, steps: int, out: Path, timeout: float, set
     if runner == "trl":
         argv = ["bench/trl_grpo.py", str(manifest), "--steps", str(steps), "--output", str(out)]
     else:
-        argv = ["bench/ours_grpo.py", str(manifest), "--backend", runner.split("-", 1)[1], "--output", str(out)]
+        argv = [
+            "bench/ours_grpo.py",
+            str(manifest),
+            "--backend",
+            runner.split("-", 1)[1],
+            "--output",
+            str(out),
+        ]
     wall = run_child(argv, timeout, log, env=SETTINGS[setting])
     return {**json.loads(out.read_text()), "process_wall_s": wall}
 
@@ -54,14 +62,22 @@ def _summarise(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     for run in runs:
         stats = steady_state(run["step_ends"], run["start"], warmup)
         tokens = sum(run["generated_tokens"][warmup:])
-        per_run.append({
-            **stats,
-            "samples_per_s": run["samples_per_step"] / stats["seconds_per_step"],
-            "generated_tokens_per_s": tokens / stats["measured_s"],
-            "generated_tokens_per_step": tokens / stats["steps_measured"],
-        })
-    keys = ("seconds_per_step", "seconds_per_step_median", "samples_per_s", "generated_tokens_per_s",
-            "generated_tokens_per_step", "first_step_s")
+        per_run.append(
+            {
+                **stats,
+                "samples_per_s": run["samples_per_step"] / stats["seconds_per_step"],
+                "generated_tokens_per_s": tokens / stats["measured_s"],
+                "generated_tokens_per_step": tokens / stats["steps_measured"],
+            }
+        )
+    keys = (
+        "seconds_per_step",
+        "seconds_per_step_median",
+        "samples_per_s",
+        "generated_tokens_per_s",
+        "generated_tokens_per_step",
+        "first_step_s",
+    )
     summary = {key: statistics.median(r[key] for r in per_run) for key in keys}
     summary["process_wall_s"] = statistics.median(run["process_wall_s"] for run in runs)
     summary["runs"] = per_run
@@ -124,14 +140,23 @@ def _compare(manifest: Path, args: argparse.Namespace, setting: str, tmp: Path) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=12, help="RL steps per run (the first is warm-up)")
     parser.add_argument("--rounds", type=int, default=2, help="runs per side, in alternating order")
-    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
-                        help="process environments, one comparison each (both sides alike)")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        choices=list(SETTINGS),
+        default=list(SETTINGS),
+        help="process environments, one comparison each (both sides alike)",
+    )
     parser.add_argument("--ray", action="store_true", help="also run ours on the Ray backend")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds allowed per run")
     args = parser.parse_args()
+    if importlib.util.find_spec("trl") is None:
+        raise SystemExit("TRL is not installed: `.venv/bin/pip install trl` (a benchmark-only dependency)")
 
     doc = bench_manifest(load_manifest(), steps=args.steps, name="bench-trainer-vs-trl")
     job = validated(doc)
@@ -158,11 +183,16 @@ def main() -> None:
         "comparisons": comparisons,
     }
     path = write_result("trainer_vs_trl", result)
-    _plot({name: rs[0] for name, rs in first["reward_curves"].items()}, RESULTS_DIR / "trainer_vs_trl_rewards.png")
+    _plot(
+        {name: rs[0] for name, rs in first["reward_curves"].items()},
+        RESULTS_DIR / "trainer_vs_trl_rewards.png",
+    )
     for comp in comparisons:
         for name, side in comp["sides"].items():
-            print(f"{comp['setting']}: {name:11s} {side['seconds_per_step']:.2f} s/step  "
-                  f"{side['samples_per_s']:.1f} samples/s  {side['generated_tokens_per_s']:.0f} gen tokens/s")
+            print(
+                f"{comp['setting']}: {name:11s} {side['seconds_per_step']:.2f} s/step  "
+                f"{side['samples_per_s']:.1f} samples/s  {side['generated_tokens_per_s']:.0f} gen tokens/s"
+            )
         for name, value in comp["speedup_vs_trl"].items():
             print(f"{comp['setting']}: {name} is {value:.2f}x TRL's speed (TRL s/step / ours s/step)")
     print(f"wrote {path}")

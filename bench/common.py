@@ -33,9 +33,7 @@ def bench_env() -> dict[str, str]:
             "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(BENCH_DIR), env.get("PYTHONPATH", "")) if p
-            ),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(BENCH_DIR), env.get("PYTHONPATH", "")) if p),
         }
     )
     return env
@@ -55,7 +53,8 @@ def machine() -> dict[str, Any]:
                 info["cpu_model"] = line.split(":", 1)[1].strip()
                 break
         mem_kb = next(
-            int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
             if line.startswith("MemTotal")
         )
         info["memory_gib"] = round(mem_kb / 2**20, 1)
@@ -85,8 +84,9 @@ def read_result(name: str, results_dir: Path = RESULTS_DIR) -> dict[str, Any] | 
         return None
 
 
-def run_child(argv: list[str], timeout: float, log_path: Path | None = None,
-              env: dict[str, str] | None = None) -> float:
+def run_child(
+    argv: list[str], timeout: float, log_path: Path | None = None, env: dict[str, str] | None = None
+) -> float:
     """Run a benchmark worker process; its output goes to log_path. Returns its wall seconds;
     failure raises with the log's tail."""
     import time
@@ -96,8 +96,12 @@ def run_child(argv: list[str], timeout: float, log_path: Path | None = None,
     start = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.run(
-            [PYTHON, *argv], cwd=REPO, env={**bench_env(), **(env or {})}, stdout=log,
-            stderr=subprocess.STDOUT, timeout=timeout,
+            [PYTHON, *argv],
+            cwd=REPO,
+            env={**bench_env(), **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
         )
     if proc.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])

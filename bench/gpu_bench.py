@@ -31,11 +31,28 @@ from typing import Any
 
 from common import write_result
 
-QWEN2_1_5B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
-                  tie_word_embeddings=True, rope_theta=1000000.0, rms_norm_eps=1e-6)
-TINY = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=512, max_position_embeddings=1024, tie_word_embeddings=True)
+QWEN2_1_5B = dict(
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    tie_word_embeddings=True,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=512,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
 
 
 def build_model(directory: Path, shape: dict[str, Any], dtype: str) -> None:
@@ -50,8 +67,14 @@ def build_model(directory: Path, shape: dict[str, Any], dtype: str) -> None:
         vocab[f"w{i}"] = len(vocab)
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
-                                        eos_token="</s>", unk_token="<unk>", padding_side="left")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
     config = Qwen2Config(**shape, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
@@ -71,16 +94,26 @@ def job_spec(model_dir: Path, prompts_path: Path, args: argparse.Namespace, use_
         "spec": {
             "algorithm": {"name": "grpo", "samplesPerPrompt": args.samples, "kl": {"coef": 0.0}},
             "models": {
-                "actor": {"model": str(model_dir), "gpus": 1 if use_gpu else 0, "zeroStage": 0,
-                          "precision": "bf16", "gradientCheckpointing": args.gradient_checkpointing},
+                "actor": {
+                    "model": str(model_dir),
+                    "gpus": 1 if use_gpu else 0,
+                    "zeroStage": 0,
+                    "precision": "bf16",
+                    "gradientCheckpointing": args.gradient_checkpointing,
+                },
                 "reward": [{"function": "rlhf_trainer.demo.task:reward"}],
                 "rollout": {"engine": "hf", "engines": 0},
             },
             "data": {"prompts": {"path": str(prompts_path)}},
             # One optimizer step per rollout: the update needs no separate old-log-prob pass.
-            "training": {"rolloutBatchSize": args.prompts, "trainBatchSize": samples,
-                         "microBatchSize": args.micro_batch, "maxSteps": 1000, "actorLearningRate": 1e-6,
-                         "lrSchedule": "constant"},
+            "training": {
+                "rolloutBatchSize": args.prompts,
+                "trainBatchSize": samples,
+                "microBatchSize": args.micro_batch,
+                "maxSteps": 1000,
+                "actorLearningRate": 1e-6,
+                "lrSchedule": "constant",
+            },
             "generation": {"maxPromptLength": args.prompt_len, "maxNewTokens": args.new_tokens},
         },
     }
@@ -113,7 +146,9 @@ def timed(fn, sync, repeats: int) -> tuple[list[float], Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model on CPU (no numbers to quote)")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--samples", type=int, default=8, help="samples per prompt")
@@ -130,8 +165,10 @@ def main() -> None:
 
     use_gpu = torch.cuda.is_available() and not args.cpu_smoke
     if not use_gpu and not args.cpu_smoke:
-        sys.exit("gpu_bench.py needs CUDA (torch.cuda.is_available() is False); "
-                 "--cpu-smoke runs a tiny model on CPU to check the code path only")
+        sys.exit(
+            "gpu_bench.py needs CUDA (torch.cuda.is_available() is False); "
+            "--cpu-smoke runs a tiny model on CPU to check the code path only"
+        )
     if args.cpu_smoke:
         args.prompts, args.samples, args.prompt_len, args.new_tokens, args.micro_batch = 2, 4, 16, 16, 4
     shape = QWEN2_1_5B if use_gpu else TINY
@@ -152,8 +189,11 @@ def main() -> None:
         actor = ActorRole(spec, DistributedContext(use_gpu=use_gpu), generates=True)
         params = sum(p.numel() for p in actor.engine.module.parameters())
         gen = torch.Generator().manual_seed(0)
-        prompts = [torch.randint(4, shape["vocab_size"], (args.prompt_len,), generator=gen).tolist()
-                   for _ in range(args.prompts) for _ in range(args.samples)]
+        prompts = [
+            torch.randint(4, shape["vocab_size"], (args.prompt_len,), generator=gen).tolist()
+            for _ in range(args.prompts)
+            for _ in range(args.samples)
+        ]
 
         gen_s, output = timed(lambda: actor.generate(prompts), sync, args.repeats + 1)
         batch = RolloutBatch.from_generation(output)
@@ -169,25 +209,44 @@ def main() -> None:
     result = {
         "device": torch.cuda.get_device_name() if use_gpu else "cpu (smoke run)",
         "model": {"shape": shape, "parameters": params, "dtype": "bfloat16" if use_gpu else "float32"},
-        "batch": {"sequences": len(prompts), "prompt_len": args.prompt_len, "max_new_tokens": args.new_tokens,
-                  "completion_tokens": completion_tokens, "tokens": all_tokens, "micro_batch": args.micro_batch,
-                  "gradient_checkpointing": args.gradient_checkpointing},
+        "batch": {
+            "sequences": len(prompts),
+            "prompt_len": args.prompt_len,
+            "max_new_tokens": args.new_tokens,
+            "completion_tokens": completion_tokens,
+            "tokens": all_tokens,
+            "micro_batch": args.micro_batch,
+            "gradient_checkpointing": args.gradient_checkpointing,
+        },
         "generation": {"seconds": gen_t, "completion_tokens_per_s": completion_tokens / gen_t},
-        "experience": {"seconds": gen_t + logp_t, "logprob_pass_s": logp_t,
-                       "tokens_per_s": all_tokens / (gen_t + logp_t)},
-        "training": {"seconds": train_t, "tokens_per_s": all_tokens / train_t, "model_flops": flops,
-                     "tflops_per_s": flops / train_t / 1e12,
-                     "mfu": flops / train_t / (args.peak_tflops * 1e12), "peak_tflops": args.peak_tflops},
+        "experience": {
+            "seconds": gen_t + logp_t,
+            "logprob_pass_s": logp_t,
+            "tokens_per_s": all_tokens / (gen_t + logp_t),
+        },
+        "training": {
+            "seconds": train_t,
+            "tokens_per_s": all_tokens / train_t,
+            "model_flops": flops,
+            "tflops_per_s": flops / train_t / 1e12,
+            "mfu": flops / train_t / (args.peak_tflops * 1e12),
+            "peak_tflops": args.peak_tflops,
+        },
         "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if use_gpu else None,
         "repeats": args.repeats,
     }
     # A smoke run's numbers mean nothing: they stay out of bench/results/.
-    path = write_result("gpu", result) if use_gpu else write_result(
-        "gpu_cpu_smoke", result, Path(tempfile.gettempdir()))
-    print(f"{result['device']}: {params / 1e9:.2f}B params; generation "
-          f"{result['generation']['completion_tokens_per_s']:,.0f} tok/s; experience "
-          f"{result['experience']['tokens_per_s']:,.0f} tok/s; training {result['training']['tokens_per_s']:,.0f} "
-          f"tok/s, MFU {result['training']['mfu']:.1%}; wrote {path}")
+    path = (
+        write_result("gpu", result)
+        if use_gpu
+        else write_result("gpu_cpu_smoke", result, Path(tempfile.gettempdir()))
+    )
+    print(
+        f"{result['device']}: {params / 1e9:.2f}B params; generation "
+        f"{result['generation']['completion_tokens_per_s']:,.0f} tok/s; experience "
+        f"{result['experience']['tokens_per_s']:,.0f} tok/s; training {result['training']['tokens_per_s']:,.0f} "
+        f"tok/s, MFU {result['training']['mfu']:.1%}; wrote {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -77,8 +77,14 @@ class Watcher:
                 version = listing["metadata"]["resourceVersion"]
                 self._ready.set()
                 stream = k8s_watch.Watch().stream(
-                    self.api.list_namespaced_custom_object, self.group, self.version, self.namespace,
-                    self.plural, resource_version=version, timeout_seconds=60, allow_watch_bookmarks=True,
+                    self.api.list_namespaced_custom_object,
+                    self.group,
+                    self.version,
+                    self.namespace,
+                    self.plural,
+                    resource_version=version,
+                    timeout_seconds=60,
+                    allow_watch_bookmarks=True,
                 )
                 for event in stream:
                     if self._stop.is_set():
@@ -128,7 +134,8 @@ def proc_sample(pid: int) -> ProcSample:
     cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
     status = {
         line.split(":")[0]: line.split(":")[1].strip()
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if ":" in line
     }
     kib = lambda key: int(status.get(key, "0 kB").split()[0])  # noqa: E731
     return ProcSample(cpu_s=cpu, rss_mib=kib("VmRSS") / 1024, peak_rss_mib=kib("VmHWM") / 1024)

@@ -20,11 +20,15 @@ from workload import samples_per_step, validated
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--backend", choices=["local", "ray"], default="local")
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--workdir", type=Path, default=None, help="run output dir (default: next to --output)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="run output dir (default: next to --output)"
+    )
     args = parser.parse_args()
 
     from rlhf_trainer.runner import run_manifest
@@ -50,8 +54,9 @@ def main() -> None:
         "reward_mean": [row["reward/mean"] for row in rows],
         "generated_tokens": [round(row["response_length/mean"] * samples) for row in rows],
         "phase_s": {
-            key[len("timing/"):-len("_s")]: [row.get(key) for row in rows]
-            for key in rows[0] if key.startswith("timing/") and key != "timing/step_s"
+            key[len("timing/") : -len("_s")]: [row.get(key) for row in rows]
+            for key in rows[0]
+            if key.startswith("timing/") and key != "timing/step_s"
         },
         "step_s_reported": [row.get("timing/step_s") for row in rows],
         "train_s": total,

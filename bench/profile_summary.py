@@ -25,7 +25,9 @@ def _frame_name(frame: str) -> str:
     path = match["file"]
     for marker in ("site-packages/", "rlhf_trainer/", "bench/"):
         if marker in path:
-            path = path.split(marker, 1)[1] if marker == "site-packages/" else marker + path.split(marker, 1)[1]
+            path = (
+                path.split(marker, 1)[1] if marker == "site-packages/" else marker + path.split(marker, 1)[1]
+            )
             break
     return f"{match['func']} ({path})"
 
@@ -43,7 +45,7 @@ def summarise(path: Path, under: str | None, top: int) -> dict:
             hits = [i for i, f in enumerate(frames) if under in f]
             if not hits:
                 continue
-            frames = frames[hits[0]:]
+            frames = frames[hits[0] :]
         n = int(count)
         total += n
         for name in set(frames):
@@ -57,7 +59,9 @@ def summarise(path: Path, under: str | None, top: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("profile", type=Path)
     parser.add_argument("--under", default=None, help="keep samples whose stack has a frame containing this")
     parser.add_argument("--top", type=int, default=25)

@@ -25,18 +25,29 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 # name -> (script, full-size arguments, --quick arguments)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
-    "rvi": ("bench/bench_rvi.py", ["--groups", "100000", "--repeats", "10"],
-            ["--groups", "20000", "--repeats", "3"]),
-    "trainer_vs_trl": ("bench/bench_trainer_vs_trl.py", ["--steps", "10", "--rounds", "2", "--ray"],
-                       ["--steps", "4", "--rounds", "1", "--settings", "1-thread"]),
-    "grpovi_vs_grpo": ("bench/bench_grpovi_vs_grpo.py", ["--seeds", "1", "2", "3", "4", "5", "--steps", "40"],
-                       ["--seeds", "1", "--steps", "10"]),
+    "rvi": (
+        "bench/bench_rvi.py",
+        ["--groups", "100000", "--repeats", "10"],
+        ["--groups", "20000", "--repeats", "3"],
+    ),
+    "trainer_vs_trl": (
+        "bench/bench_trainer_vs_trl.py",
+        ["--steps", "10", "--rounds", "2", "--ray"],
+        ["--steps", "4", "--rounds", "1", "--settings", "1-thread"],
+    ),
+    "grpovi_vs_grpo": (
+        "bench/bench_grpovi_vs_grpo.py",
+        ["--seeds", "1", "2", "3", "4", "5", "--steps", "40"],
+        ["--seeds", "1", "--steps", "10"],
+    ),
     "operator_scale": ("bench/bench_operator_scale.py", ["--jobs", "500"], ["--jobs", "50"]),
 }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=None)
     parser.add_argument("--skip", nargs="+", choices=list(BENCHMARKS), default=[])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not numbers to quote")
@@ -59,10 +70,12 @@ def main() -> int:
             failed.append(name)
 
     info = machine()
-    times = _merge_times(seconds)
-    header = (f"Machine: {info.get('cpus')} CPUs ({info.get('cpu_model', '?')}), {info.get('memory_gib', '?')} GiB, "
-              f"no GPU; torch {info.get('torch', '?')}; updated {info['date']}{' (quick sizes)' if args.quick else ''}. "
-              "Wall time per benchmark: " + ", ".join(f"{n} {s:.0f}s" for n, s in times.items()) + ".")
+    times = seconds if args.quick else _merge_times(seconds)  # quick sizes' times are not the full ones
+    header = (
+        f"Machine: {info.get('cpus')} CPUs ({info.get('cpu_model', '?')}), {info.get('memory_gib', '?')} GiB, "
+        f"no GPU; torch {info.get('torch', '?')}; updated {info['date']}{' (quick sizes)' if args.quick else ''}. "
+        "Wall time per benchmark: " + ", ".join(f"{n} {s:.0f}s" for n, s in times.items()) + "."
+    )
     text = table(names)
     print()
     print(header)
@@ -70,8 +83,9 @@ def main() -> int:
     if args.update_readme:
         command = "python bench/run.py" + (" --quick" if args.quick else "")
         # The README keeps every benchmark's latest result (each row carries its date).
-        _update_readme(f"{header}\nCommand: `{command}` (`make bench`); one benchmark: `--only NAME`.\n\n"
-                       f"{table()}\n")
+        _update_readme(
+            f"{header}\nCommand: `{command}` (`make bench`); one benchmark: `--only NAME`.\n\n{table()}\n"
+        )
     if failed:
         print(f"\nfailed: {', '.join(failed)} (logs in {RESULTS_DIR / 'logs'})", file=sys.stderr)
         return 1

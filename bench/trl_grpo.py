@@ -43,7 +43,9 @@ class StepClock:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--steps", type=int, required=True, help="RL steps (rollouts)")
     parser.add_argument("--output", type=Path, required=True)
@@ -67,7 +69,9 @@ def main() -> None:
         raise ValueError("the TRL comparison takes exactly one function reward (spec.models.reward)")
     reward_fn = import_callable(source.function, "spec.models.reward[0].function")
 
-    tokenizer = AutoTokenizer.from_pretrained(absolute(spec.models.actor.tokenizer or spec.models.actor.model))
+    tokenizer = AutoTokenizer.from_pretrained(
+        absolute(spec.models.actor.tokenizer or spec.models.actor.model)
+    )
     prompts_src = spec.data.prompts.model_copy(update={"path": absolute(spec.data.prompts.path)})
     data = PromptDataset(prompts_src, tokenizer, spec.generation.max_prompt_length, spec.training.seed, False)
     rows = data.next_batch(data.num_rows)
@@ -79,8 +83,10 @@ def main() -> None:
 
     def reward(prompts, completions, completion_ids, label, **_):
         start = time.perf_counter()
-        values = [float(v) * source.weight for v in reward_fn(prompts=prompts, completions=completions,
-                                                              labels=label)]
+        values = [
+            float(v) * source.weight
+            for v in reward_fn(prompts=prompts, completions=completions, labels=label)
+        ]
         seconds_in_reward[0] += time.perf_counter() - start
         rewards_per_step.append(sum(values) / len(values))
         tokens_per_step.append(sum(len(ids) for ids in completion_ids))
