@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from rlhf_trainer.engine.device import free_port
 from rlhf_trainer.rewards import RewardConfigError, RewardError, build_rewards
 from rlhf_trainer.rewards.remote import RemoteReward
 
@@ -83,12 +83,6 @@ def server() -> Iterator[RewardServer]:
     srv = RewardServer()
     yield srv
     srv.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_remote_reward_scores_in_batches(server: RewardServer) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from rlhf_trainer.api.job import TrainerConfig
 from rlhf_trainer.api.status import RLHFJobStatus
+from rlhf_trainer.engine.device import free_port
 from rlhf_trainer.telemetry import METRIC_KEYS, Telemetry, TelemetryError, metric_names
 from rlhf_trainer.telemetry.plot import read_rows
 
@@ -42,12 +43,6 @@ def step_metrics(step: int) -> dict[str, float]:
     metrics = {key: float(step) + i / 100 for i, key in enumerate(METRIC_KEYS)}
     metrics.update({"reward/correct": 0.25 * step, "reward/boxed_format": 1.0, "critic/vf_loss": math.nan})
     return metrics
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> dict[str, float]:
