@@ -1,5 +1,5 @@
 """The RLHFJob status. The operator owns phase, conditions, rayJob, attempt, times and message;
-the trainer owns progress, metrics, checkpoints and latestCheckpoint. Neither writes the other's.
+the trainer owns progress, metrics, checkpoints, latestCheckpoint and failure. Neither writes the other's.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ OPERATOR_FIELDS = (
     "completionTime",
     "message",
 )
-TRAINER_FIELDS = ("progress", "metrics", "checkpoints", "latestCheckpoint")
+TRAINER_FIELDS = ("progress", "metrics", "checkpoints", "latestCheckpoint", "failure")
 
 
 class Condition(ApiModel):
@@ -70,6 +70,17 @@ class CheckpointRef(ApiModel):
     )
 
 
+class TrainerFailure(ApiModel):
+    """What the trainer reports when it stops on an error. `permanent` errors (a bad model path, an
+    unimportable reward function, an engine that cannot run here) end the job Failed without a
+    restart: no retry can fix them."""
+
+    attempt: int = Field(ge=0, description="The attempt that failed.")
+    permanent: bool = Field(description="True when no retry can fix the error (configuration, preflight).")
+    reason: str = Field(max_length=64, description="CamelCase reason, e.g. PreflightFailed.")
+    message: str = Field(default="", max_length=1024, description="What failed and where (bounded).")
+
+
 class RLHFJobStatus(ApiModel):
     phase: Phase | None = Field(default=None, description="Lifecycle phase of the job.")
     conditions: list[Condition] = Field(
@@ -90,3 +101,6 @@ class RLHFJobStatus(ApiModel):
         default_factory=list, max_length=1000, description="The last K checkpoints."
     )
     latest_checkpoint: CheckpointRef | None = Field(default=None, description="The newest checkpoint.")
+    failure: TrainerFailure | None = Field(
+        default=None, description="The trainer's report of the error it stopped on (written by the trainer)."
+    )
