@@ -247,6 +247,12 @@ FULL_STATUS = {
         "time": "2026-01-02T03:03:00Z",
         "hfPath": "/checkpoints/step-10/hf",
     },
+    "failure": {
+        "attempt": 1,
+        "permanent": True,
+        "reason": "PreflightFailed",
+        "message": "spec.models.actor.model: /models/missing does not exist",
+    },
 }
 
 
