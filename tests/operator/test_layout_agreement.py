@@ -153,3 +153,17 @@ def test_a_rule_changed_on_one_side_is_caught(case: str, old_rule: str, expected
     monkeypatch.setattr(placement, "plan_roles", operator_side)
     problems = disagreements(spec, plan_placement)
     assert any(problem.startswith((expected, "roles", "total")) for problem in problems), problems
+
+
+def test_a_kl_job_without_a_reference_renders_pods_that_hold_the_default_reference() -> None:
+    job = job_from(CASES["kl-without-reference-gpu"]())
+    rayjob = render_rayjob(job, RenderOptions(default_image="img"))
+    (group,) = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["template"]["metadata"]["annotations"]["rlhf.io/roles"].split(",")[:2] == [
+        "actor",
+        "reference",
+    ]
+    assert (
+        group["replicas"] * group["template"]["spec"]["containers"][0]["resources"]["limits"][GPU_RESOURCE]
+        == 6
+    )
