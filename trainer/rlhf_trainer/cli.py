@@ -8,11 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .api.job import API_VERSION, GROUP
+
+if TYPE_CHECKING:
+    from .api.job import RLHFJob
+    from .api.validation import FieldError
 
 
 def load_documents(path: str) -> list[Any]:
@@ -65,7 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def layout_errors(job: Any) -> list[Any]:
+def layout_errors(job: RLHFJob) -> list[FieldError]:
     """What the operator would refuse when packing the job into pods (the API server does not
     check this; the operator marks such a job Failed with the same line)."""
     from rlhf_operator.errors import RenderError
@@ -80,7 +84,7 @@ def layout_errors(job: Any) -> list[Any]:
     return []
 
 
-def full_spec(job: Any) -> dict[str, Any]:
+def full_spec(job: RLHFJob) -> dict[str, Any]:
     """The manifest with every default written out, the default reference included."""
     from .api.layout import with_defaults
 
@@ -100,7 +104,7 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_job(path: str):
+def load_job(path: str) -> RLHFJob:
     """The one RLHFJob of a manifest file, or exit 1 with its errors."""
     from .api.validation import validate_manifest
 

@@ -12,7 +12,7 @@ from .api.layout import plan_roles, uses_reference, with_defaults
 from .api.spec import RLHFJobSpec, RoleSpec
 from .api.validation import FieldError
 from .backends.placement import plan_placement, role_gpus
-from .batching import BatchConfigError, plan_batches
+from .batch_plan import BatchConfigError, plan_batches
 from .checkpoint import CheckpointError, resolve_resume
 from .data import DataConfigError, PromptDataset
 from .generation import VLLM_UNAVAILABLE
