@@ -165,12 +165,9 @@ def preflight(spec: RLHFJobSpec, backend: str, resume_from: str | None) -> Prepa
     dataset = PromptDataset(spec.data.prompts, tokenizer, spec.generation.max_prompt_length,
                             spec.training.seed, spec.data.shuffle)
     eval_dataset = None
-    if spec.training.eval_every_steps > 0:
-        if spec.data.eval is None:
-            errors.append(FieldError("spec.data.eval", "required when training.evalEverySteps > 0"))
-        else:
-            eval_dataset = PromptDataset(spec.data.eval, tokenizer, spec.generation.max_prompt_length,
-                                         spec.training.seed, shuffle=False, field="spec.data.eval")
+    if spec.data.eval is not None:  # the API pairs it with training.evalEverySteps > 0
+        eval_dataset = PromptDataset(spec.data.eval, tokenizer, spec.generation.max_prompt_length,
+                                     spec.training.seed, shuffle=False, field="spec.data.eval")
     for ds in (dataset, eval_dataset):
         if ds is None:
             continue

@@ -322,7 +322,10 @@ class RolloutSpec(ApiModel):
 
 
 class Colocation(ApiModel):
-    actor_reference: bool = Field(default=False, description="Actor and reference share GPUs.")
+    actor_reference: bool = Field(
+        default=False,
+        description="Actor and reference share GPUs (the default reference, used when models.reference is unset, always does).",
+    )
     critic_reward: bool = Field(default=False, description="Critic and reward models share GPUs.")
     all: bool = Field(
         default=False, description="Every model and the rollout engines share the actor's GPUs (time-sliced)."
