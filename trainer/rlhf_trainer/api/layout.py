@@ -203,11 +203,6 @@ def check_layout(layout: JobLayout) -> None:
         )
 
 
-def role_field(layout: JobLayout, role: str) -> str:
-    """The spec path that sets `role`'s GPUs."""
-    return layout[role].field
-
-
 __all__ = [
     "ACTOR",
     "CRITIC",
@@ -222,7 +217,6 @@ __all__ = [
     "plan_roles",
     "reward_model_gpus",
     "reward_model_role",
-    "role_field",
     "uses_reference",
     "with_defaults",
 ]

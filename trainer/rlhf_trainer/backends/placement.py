@@ -20,7 +20,6 @@ from ..api.layout import (
     ROLLOUT,
     JobLayout,
     plan_roles,
-    reward_model_gpus,
     reward_model_role,
     uses_reference,
 )
@@ -34,7 +33,6 @@ __all__ = [
     "PlacementPlan",
     "WorkerPlacement",
     "plan_placement",
-    "reward_model_gpus",
     "reward_model_role",
     "role_gpus",
     "uses_reference",
