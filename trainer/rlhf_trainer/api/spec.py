@@ -213,6 +213,12 @@ class RoleSpec(ApiModel):
             field="gpus",
             check=lambda r: r.gpus % r.nodes == 0,
         ),
+        Rule(
+            cel="self.nodes == 1 || self.gpus > 0",
+            message="must be 1 for a role on CPU (gpus 0): nodes spread a role's GPUs",
+            field="nodes",
+            check=lambda r: r.nodes == 1 or r.gpus > 0,
+        ),
     )
 
 
