@@ -156,6 +156,8 @@ def reward_model_gpus(spec: RLHFJobSpec, index: int) -> int:
 
 def plan_roles(spec: RLHFJobSpec) -> JobLayout:
     """The layout of every role the job runs (defaults applied)."""
+    # The default reference is sized by the actor: errors about its GPUs name the actor's field.
+    reference_field = "spec.models.reference.gpus" if spec.models.reference else "spec.models.actor.gpus"
     spec = with_defaults(spec)
     models = spec.models
     colocate = models.colocate
@@ -171,7 +173,7 @@ def plan_roles(spec: RLHFJobSpec) -> JobLayout:
     if uses_reference(spec):
         assert models.reference is not None  # with_defaults
         shares = ACTOR if colocate.actor_reference or colocate.all else None
-        roles.append(model_role(REFERENCE, models.reference, "spec.models.reference.gpus", shares))
+        roles.append(model_role(REFERENCE, models.reference, reference_field, shares))
     reward_host = on_actor or (CRITIC if colocate.critic_reward and models.critic is not None else None)
     for index, source in enumerate(models.reward):
         if source.model is None:
