@@ -688,6 +688,7 @@ def test_a_job_that_cannot_be_placed_fails_with_the_reason_and_is_not_retried(
     operator = shared_operator
     doc = example("grpo-qwen2.5-7b-math", "unplaceable")
     doc["spec"]["models"]["actor"]["gpus"] = 12  # valid by the schema, but not a multiple of gpusPerPod 8
+    doc["spec"]["training"].update(rolloutBatchSize=96, trainBatchSize=96)  # batches 12 workers can split
     kubectl.apply(doc, namespace=namespace)
     job = api.wait_phase(namespace, "unplaceable", "Failed")
     assert job["status"]["message"].startswith(

@@ -337,6 +337,8 @@ def test_a_spec_the_operator_cannot_read_fails_the_job_permanently_naming_the_fi
 def test_an_unplaceable_job_fails_permanently_naming_the_field():
     body = job_body()
     body["spec"]["models"]["actor"]["gpus"] = 12
+    # Batches that 12 data-parallel workers split evenly: only the pods are wrong.
+    body["spec"]["training"].update(rolloutBatchSize=96, trainBatchSize=96)
     result = plan(body)
     assert result.failed_permanently.startswith(
         "RenderFailed: spec.models.actor.gpus: 12 GPUs cannot be placed"

@@ -330,7 +330,10 @@ def test_rendering_is_deterministic():
             "spec.template.env[0].name",
         ),
         ({"template.labels": {"rlhf.io/job": "other"}}, "spec.template.labels.rlhf.io/job"),
-        ({"models.actor.gpus": 12}, "spec.models.actor.gpus"),
+        (
+            {"models.actor.gpus": 12, "training.rolloutBatchSize": 96, "training.trainBatchSize": 96},
+            "spec.models.actor.gpus",
+        ),
     ],
 )
 def test_overrides_colliding_with_the_operator_and_unplaceable_jobs_are_render_errors(changes, field):

@@ -8,11 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .api.job import API_VERSION, GROUP
+
+if TYPE_CHECKING:
+    from .api.job import RLHFJob
+    from .api.validation import FieldError
 
 
 def load_documents(path: str) -> list[Any]:
@@ -47,16 +51,50 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         valid = 0
         for index, doc in jobs:
-            _, errors = validate_manifest(doc)
+            job, errors = validate_manifest(doc)
+            if job is not None:
+                errors = layout_errors(job)
             where = f"{path}#{index}" if len(docs) > 1 else path
             for error in errors:
                 assert isinstance(error, FieldError)
                 print(f"{error}  [{where}]", file=sys.stderr)
             failed = failed or bool(errors)
             valid += not errors
+            if job is not None and not errors and args.show_defaults:
+                sys.stdout.write(f"---\n# {where}: the spec this job runs with, every default filled in\n")
+                sys.stdout.write(yaml.safe_dump(full_spec(job), sort_keys=False, width=120))
         if valid:
-            print(f"{path}: {valid} RLHFJob(s) valid")
+            # With --show-defaults stdout stays one YAML stream: the summary is a comment.
+            print(f"{'# ' if args.show_defaults else ''}{path}: {valid} RLHFJob(s) valid")
     return 1 if failed else 0
+
+
+def layout_errors(job: RLHFJob) -> list[FieldError]:
+    """What the operator would refuse when packing the job into pods (the API server does not
+    check this; the operator marks such a job Failed with the same line)."""
+    from rlhf_operator.errors import RenderError
+    from rlhf_operator.placement import plan_layout
+
+    from .api.validation import FieldError
+
+    try:
+        plan_layout(job.spec)
+    except RenderError as exc:
+        return [FieldError(exc.field, str(exc).split(": ", 1)[1])]
+    return []
+
+
+def full_spec(job: RLHFJob) -> dict[str, Any]:
+    """The manifest with every default written out, the default reference included."""
+    from .api.layout import with_defaults
+
+    spec = with_defaults(job.spec)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "RLHFJob",
+        "metadata": job.metadata.model_dump(mode="json", exclude_none=True),
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
@@ -66,7 +104,7 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_job(path: str):
+def load_job(path: str) -> RLHFJob:
     """The one RLHFJob of a manifest file, or exit 1 with its errors."""
     from .api.validation import validate_manifest
 
@@ -83,15 +121,22 @@ def load_job(path: str):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from rlhf_operator.placement import plan_layout
     from rlhf_operator.render import RenderError, RenderOptions, render_job_objects
 
     job = load_job(args.file)
     options = RenderOptions(default_image=args.image, namespace=args.namespace)
     try:
-        objects = render_job_objects(job, options)
+        layout = plan_layout(job.spec)
+        objects = [] if args.layout else render_job_objects(job, options)
     except RenderError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    heading = [f"Layout of {job.metadata.name}: where each model runs and the GPUs its pods request", *layout.describe()]
+    if args.layout:
+        sys.stdout.write("\n".join(heading) + "\n")
+        return 0
+    sys.stdout.write("".join(f"# {line}\n" for line in heading))
     sys.stdout.write(yaml.dump_all(objects, Dumper=_LiteralDumper, sort_keys=False))
     return 0
 
@@ -135,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "files", nargs="+", metavar="FILE", help="YAML files (multi-document allowed; - for stdin)"
     )
+    p.add_argument(
+        "--show-defaults",
+        action="store_true",
+        help="print each valid job's full spec, every default filled in (the default reference too)",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("crds", help="print the CRDs")
@@ -149,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--namespace", default=None, help="namespace when metadata.namespace is unset (default: default)"
+    )
+    p.add_argument(
+        "--layout",
+        action="store_true",
+        help="print only the layout: each role's workers and GPUs, and the worker pods (also a leading "
+        "comment of the full output)",
     )
     p.set_defaults(func=cmd_render)
 

@@ -14,6 +14,18 @@ from pydantic import Field
 from .base import ApiModel, Rule
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Names of most objects (Secrets, ConfigMaps, PVCs, PriorityClasses): a DNS subdomain, <= 253.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A label key (also annotation and nodeSelector keys, taint keys): [DNS-subdomain prefix/]name,
+# the name at most 63 characters of alphanumerics, '-', '_', '.', starting and ending alphanumeric.
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+# A label value: empty, or at most 63 characters like a label key's name part.
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+# A key inside a Secret or ConfigMap.
+CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 # An env var whose name says it holds a credential must come from a Secret, never inline.
 SECRET_LOOKING_NAME = r"(?i)(TOKEN|API_KEY|APIKEY|PASSWORD|SECRET|CREDENTIAL)"
@@ -22,16 +34,20 @@ Quantity = int | str
 
 
 class SecretKeySelector(ApiModel):
-    name: str = Field(description="Name of the Secret in the job's namespace.", min_length=1, max_length=253)
-    key: str = Field(description="Key inside the Secret whose value is used.", min_length=1, max_length=253)
+    name: str = Field(
+        description="Name of the Secret in the job's namespace.", pattern=DNS_SUBDOMAIN, max_length=253
+    )
+    key: str = Field(
+        description="Key inside the Secret whose value is used.", pattern=CONFIG_KEY, max_length=253
+    )
 
 
 class ConfigMapKeySelector(ApiModel):
     name: str = Field(
-        description="Name of the ConfigMap in the job's namespace.", min_length=1, max_length=253
+        description="Name of the ConfigMap in the job's namespace.", pattern=DNS_SUBDOMAIN, max_length=253
     )
     key: str = Field(
-        description="Key inside the ConfigMap whose value is used.", min_length=1, max_length=253
+        description="Key inside the ConfigMap whose value is used.", pattern=CONFIG_KEY, max_length=253
     )
 
 
@@ -97,7 +113,10 @@ def _looks_secret(name: str) -> bool:
 
 class Toleration(ApiModel):
     key: str | None = Field(
-        default=None, description="Taint key the toleration applies to; empty matches all keys."
+        default=None,
+        pattern=QUALIFIED_NAME,
+        max_length=317,
+        description="Taint key the toleration applies to; unset matches all keys.",
     )
     operator: Literal["Exists", "Equal"] | None = Field(
         default=None, description="Exists or Equal (the default when unset, as in core/v1)."
@@ -113,7 +132,9 @@ class Toleration(ApiModel):
 
 class PersistentVolumeClaimSource(ApiModel):
     claim_name: str = Field(
-        description="Name of a PersistentVolumeClaim in the job's namespace.", min_length=1
+        description="Name of a PersistentVolumeClaim in the job's namespace.",
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
     )
     read_only: bool = Field(default=False, description="Mount read-only.")
 
@@ -137,11 +158,11 @@ class EmptyDirSource(ApiModel):
 
 
 class ConfigMapVolumeSource(ApiModel):
-    name: str = Field(description="Name of the ConfigMap.", min_length=1)
+    name: str = Field(description="Name of the ConfigMap.", pattern=DNS_SUBDOMAIN, max_length=253)
 
 
 class SecretVolumeSource(ApiModel):
-    secret_name: str = Field(description="Name of the Secret.", min_length=1)
+    secret_name: str = Field(description="Name of the Secret.", pattern=DNS_SUBDOMAIN, max_length=253)
 
 
 class VolumeSource(ApiModel):
@@ -197,7 +218,9 @@ class VolumeMount(ApiModel):
 
 
 class LocalObjectReference(ApiModel):
-    name: str = Field(description="Name of the object in the job's namespace.", min_length=1, max_length=253)
+    name: str = Field(
+        description="Name of the object in the job's namespace.", pattern=DNS_SUBDOMAIN, max_length=253
+    )
 
 
 class ResourceRequirements(ApiModel):

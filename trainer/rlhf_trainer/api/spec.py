@@ -9,13 +9,17 @@ generates rolloutBatchSize x samplesPerPrompt samples and makes
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from .base import ApiModel, Rule
 from .kube import (
     DNS_LABEL,
+    DNS_SUBDOMAIN,
+    LABEL_VALUE,
+    QUALIFIED_NAME,
     EnvVar,
     LocalObjectReference,
     ResourceRequirements,
@@ -31,9 +35,15 @@ ALGORITHMS: tuple[str, ...] = AlgorithmName.__args__  # type: ignore[attr-define
 # Estimators whose baseline comes from the other samples of the same prompt: no critic, n >= 2.
 GROUP_ALGORITHMS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "grpovi")
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+# A label value (pod labels, node selectors): <= 63 characters of alphanumerics, '-', '_', '.'.
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
 PYTHON_CALLABLE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
+# reward/mean, reward/std, ... are the combined reward: a source with one of these names would overwrite them.
+RESERVED_REWARD_NAMES: tuple[str, ...] = ("mean", "std", "min", "max", "total")
+
 _GROUP_CEL = "[" + ", ".join(f"'{name}'" for name in GROUP_ALGORITHMS) + "]"
+_RESERVED_CEL = "[" + ", ".join(f"'{name}'" for name in RESERVED_REWARD_NAMES) + "]"
 
 
 # --------------------------------------------------------------------------------------------
@@ -44,8 +54,9 @@ class KLSpec(ApiModel):
     coef: float = Field(
         default=0.001,
         ge=0,
-        description="KL coefficient beta against the reference model. 0 trains without a reference; "
-        "above 0 needs models.reference.",
+        description="KL coefficient beta against the reference model. 0 trains without a reference "
+        "(models.reference is then not loaded); above 0 uses models.reference, or, when that is unset, "
+        "a frozen copy of the actor's initial model placed on the actor's GPUs.",
     )
     estimator: Literal["k1", "k2", "k3"] = Field(
         default="k1",
@@ -142,6 +153,12 @@ class AlgorithmSpec(ApiModel):
             field="rewardRange",
             check=lambda a: a.name != "grpovi" or a.reward_range is not None,
         ),
+        Rule(
+            cel="self.name == 'grpovi' || !has(self.rewardRange)",
+            message="only used by grpovi: remove it",
+            field="rewardRange",
+            check=lambda a: a.name == "grpovi" or a.reward_range is None,
+        ),
     )
 
 
@@ -196,6 +213,12 @@ class RoleSpec(ApiModel):
             field="gpus",
             check=lambda r: r.gpus % r.nodes == 0,
         ),
+        Rule(
+            cel="self.nodes == 1 || self.gpus > 0",
+            message="must be 1 for a role on CPU (gpus 0): nodes spread a role's GPUs",
+            field="nodes",
+            check=lambda r: r.nodes == 1 or r.gpus > 0,
+        ),
     )
 
 
@@ -214,7 +237,12 @@ class RewardSource(ApiModel):
         description="Reward model path/id (AutoModelForSequenceClassification, scored at the last token).",
     )
     gpus: int | None = Field(
-        default=None, ge=0, le=4096, description="GPUs for a reward model (1 when unset)."
+        default=None,
+        ge=0,
+        le=4096,
+        description="GPUs for a reward model. Unset: 1 when the actor has GPUs, 0 (CPU) when it has none; "
+        "when it shares the critic's (colocate.criticReward) or the actor's (colocate.all) GPUs, at most "
+        "theirs.",
     )
     precision: Literal["bf16", "fp16", "fp32"] | None = Field(
         default=None, description="Precision of a reward model (bf16 when unset)."
@@ -238,6 +266,12 @@ class RewardSource(ApiModel):
     weight: float = Field(default=1.0, description="Weight of this source in the summed reward.")
 
     rules = (
+        Rule(
+            cel=f"!has(self.name) || !({_RESERVED_CEL}.exists(n, n == self.name))",
+            message=f"must not be one of {', '.join(RESERVED_REWARD_NAMES)} (reward/<name> of the combined reward)",
+            field="name",
+            check=lambda r: r.name not in RESERVED_REWARD_NAMES,
+        ),
         Rule(
             cel="[has(self.model), has(self.url), has(self.function)].filter(x, x).size() == 1",
             message="exactly one of model, url, function must be set",
@@ -294,7 +328,10 @@ class RolloutSpec(ApiModel):
 
 
 class Colocation(ApiModel):
-    actor_reference: bool = Field(default=False, description="Actor and reference share GPUs.")
+    actor_reference: bool = Field(
+        default=False,
+        description="Actor and reference share GPUs (the default reference, used when models.reference is unset, always does).",
+    )
     critic_reward: bool = Field(default=False, description="Critic and reward models share GPUs.")
     all: bool = Field(
         default=False, description="Every model and the rollout engines share the actor's GPUs (time-sliced)."
@@ -306,21 +343,69 @@ class ModelsSpec(ApiModel):
     critic: RoleSpec | None = Field(
         default=None, description="Value model. Required for ppo, rejected otherwise."
     )
-    reference: RoleSpec | None = Field(default=None, description="Frozen reference policy for the KL term.")
+    reference: RoleSpec | None = Field(
+        default=None,
+        description="Frozen reference policy for the KL term, loaded only when algorithm.kl.coef > 0. "
+        "Unset: a frozen copy of the actor's initial model (actor.model), on the actor's GPUs "
+        "(as with colocate.actorReference). Set it to place the reference yourself.",
+    )
     reward: list[RewardSource] = Field(
-        min_length=1, max_length=16, description="Reward sources, summed with their weights. At least one."
+        min_length=1,
+        max_length=16,
+        description="Reward sources, summed with their weights. At least one; names unique (they key "
+        "the per-source metrics reward/<name>).",
     )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout (generation) engines.")
     colocate: Colocation = Field(default_factory=Colocation, description="Which models share GPUs.")
 
     rules = (
         Rule(
-            cel="!self.colocate.actorReference || (has(self.reference) && self.reference.gpus == self.actor.gpus)",
-            message="colocate.actorReference needs a reference with as many GPUs as the actor",
-            field="reference",
+            cel="self.reward.all(r, !has(r.name) || self.reward.filter(s, has(s.name) && s.name == r.name).size() == 1)",
+            message="names must be unique (each keys the metric reward/<name>)",
+            field="reward",
+            check=lambda m: len({r.name for r in m.reward if r.name}) == len([r for r in m.reward if r.name]),
+        ),
+        Rule(
+            cel="!self.colocate.all || ((!has(self.critic) || self.critic.gpus <= self.actor.gpus) "
+            "&& (!has(self.reference) || self.reference.gpus <= self.actor.gpus) "
+            "&& self.reward.all(r, !has(r.gpus) || r.gpus <= self.actor.gpus))",
+            message="every model time-slices the actor's GPUs: critic, reference and reward-model gpus "
+            "must be at most actor.gpus",
+            field="colocate.all",
             check=lambda m: (
-                not m.colocate.actor_reference
-                or (m.reference is not None and m.reference.gpus == m.actor.gpus)
+                not m.colocate.all
+                or all(
+                    gpus <= m.actor.gpus
+                    for gpus in [
+                        *(role.gpus for role in (m.critic, m.reference) if role is not None),
+                        *(r.gpus for r in m.reward if r.gpus is not None),
+                    ]
+                )
+            ),
+        ),
+        Rule(
+            cel="!self.colocate.criticReward || !has(self.critic) "
+            "|| self.reward.all(r, !has(r.gpus) || r.gpus <= self.critic.gpus)",
+            message="reward models share the critic's GPUs: their gpus must be at most critic.gpus",
+            field="colocate.criticReward",
+            check=lambda m: (
+                not m.colocate.critic_reward
+                or m.critic is None
+                or all(r.gpus <= m.critic.gpus for r in m.reward if r.gpus is not None)
+            ),
+        ),
+        Rule(
+            cel="!self.colocate.criticReward || self.reward.exists(r, has(r.model))",
+            message="colocate.criticReward needs a reward model (an entry with model)",
+            field="colocate.criticReward",
+            check=lambda m: not m.colocate.critic_reward or any(r.model is not None for r in m.reward),
+        ),
+        Rule(
+            cel="!self.colocate.actorReference || !has(self.reference) || self.reference.gpus == self.actor.gpus",
+            message="must equal actor.gpus with colocate.actorReference (the reference shares the actor's GPUs)",
+            field="reference.gpus",
+            check=lambda m: (
+                not m.colocate.actor_reference or m.reference is None or m.reference.gpus == m.actor.gpus
             ),
         ),
         Rule(
@@ -345,6 +430,13 @@ class ModelsSpec(ApiModel):
 
 # --------------------------------------------------------------------------------------------
 # data, training, generation, checkpoint
+
+# Training defaults: 128 prompts per rollout in train batches of 64 samples divides for every
+# samplesPerPrompt; micro batches of 4 on up to 16 data-parallel workers divide 64.
+DEFAULT_ROLLOUT_BATCH_SIZE = 128
+DEFAULT_TRAIN_BATCH_SIZE = 64
+DEFAULT_MICRO_BATCH_SIZE = 4
+DEFAULT_MAX_STEPS = 500
 
 
 class PromptSource(ApiModel):
@@ -393,21 +485,37 @@ class PromptSource(ApiModel):
 
 class DataSpec(ApiModel):
     prompts: PromptSource = Field(description="Training prompts.")
-    eval: PromptSource | None = Field(default=None, description="Optional evaluation prompts.")
+    eval: PromptSource | None = Field(
+        default=None, description="Evaluation prompts, used every training.evalEverySteps steps (set both)."
+    )
     shuffle: bool = Field(default=True, description="Shuffle prompts each epoch with the training seed.")
 
 
 class TrainingSpec(ApiModel):
-    rollout_batch_size: int = Field(ge=1, description="Prompts per rollout (one RL step).")
-    train_batch_size: int = Field(
+    """Every field has a default, so `spec.training` may be omitted."""
+
+    rollout_batch_size: int = Field(
+        default=DEFAULT_ROLLOUT_BATCH_SIZE,
         ge=1,
-        description="Samples (completions) per optimizer step. One step makes "
-        "rolloutBatchSize x samplesPerPrompt / trainBatchSize x epochs optimizer steps.",
+        description=f"Prompts per rollout (one RL step). Default {DEFAULT_ROLLOUT_BATCH_SIZE}.",
+    )
+    train_batch_size: int = Field(
+        default=DEFAULT_TRAIN_BATCH_SIZE,
+        ge=1,
+        description="Samples (completions) per optimizer step, over all data-parallel workers. One step "
+        "makes rolloutBatchSize x samplesPerPrompt / trainBatchSize x epochs optimizer steps; it must divide "
+        f"rolloutBatchSize x samplesPerPrompt. Default {DEFAULT_TRAIN_BATCH_SIZE}.",
     )
     micro_batch_size: int = Field(
-        ge=1, description="Samples per forward/backward pass; gradients accumulate up to trainBatchSize."
+        default=DEFAULT_MICRO_BATCH_SIZE,
+        ge=1,
+        description="Samples per forward/backward pass on one worker; gradients accumulate up to "
+        "trainBatchSize, so microBatchSize x the role's GPUs (its data-parallel workers) must divide "
+        f"trainBatchSize. Default {DEFAULT_MICRO_BATCH_SIZE}.",
     )
-    max_steps: int = Field(ge=1, description="RL steps (rollouts) to run.")
+    max_steps: int = Field(
+        default=DEFAULT_MAX_STEPS, ge=1, description=f"RL steps (rollouts) to run. Default {DEFAULT_MAX_STEPS}."
+    )
     actor_learning_rate: float = Field(default=1e-6, gt=0, description="Actor peak learning rate.")
     critic_learning_rate: float = Field(default=9e-6, gt=0, description="Critic peak learning rate.")
     lr_schedule: Literal["constant", "cosine"] = Field(
@@ -422,7 +530,9 @@ class TrainingSpec(ApiModel):
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     seed: int = Field(default=42, ge=0, description="Seed of data order, sampling and initialisation.")
-    eval_every_steps: int = Field(default=0, ge=0, description="Evaluate every N steps (0: never).")
+    eval_every_steps: int = Field(
+        default=0, ge=0, description="Evaluate on data.eval every N steps (0: never). Needs data.eval."
+    )
 
     rules = (
         Rule(
@@ -466,8 +576,8 @@ class CheckpointSpec(ApiModel):
 
 
 class PodTemplateOverrides(ApiModel):
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels every pod must match."
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=64, description="Node labels every pod must match."
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=64, description="Tolerations of every pod."
@@ -484,10 +594,35 @@ class PodTemplateOverrides(ApiModel):
     image_pull_secrets: list[LocalObjectReference] = Field(
         default_factory=list, max_length=16, description="Secrets for pulling the image."
     )
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels of every pod.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations of every pod.")
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Extra labels of every pod: Kubernetes label keys ([prefix/]name) and values "
+        "(at most 63 characters: alphanumerics, '-', '_', '.').",
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict, max_length=64, description="Extra annotations of every pod (label-key format keys)."
+    )
 
     rules = (
+        Rule(
+            cel=f"self.labels.all(k, k.matches(r'{QUALIFIED_NAME}'))",
+            message="keys must be Kubernetes label keys ([prefix/]name)",
+            field="labels",
+            check=lambda t: all(_is_label(k) for k in t.labels),
+        ),
+        Rule(
+            cel=f"self.nodeSelector.all(k, k.matches(r'{QUALIFIED_NAME}'))",
+            message="keys must be Kubernetes label keys ([prefix/]name)",
+            field="nodeSelector",
+            check=lambda t: all(_is_label(k) for k in t.node_selector),
+        ),
+        Rule(
+            cel=f"self.annotations.all(k, k.matches(r'{QUALIFIED_NAME}'))",
+            message="keys must be Kubernetes annotation keys ([prefix/]name)",
+            field="annotations",
+            check=lambda t: all(_is_label(k) for k in t.annotations),
+        ),
         Rule(
             cel="self.volumeMounts.all(m, self.volumes.exists(v, v.name == m.name))",
             message="every volumeMount must name a volume in template.volumes",
@@ -495,6 +630,11 @@ class PodTemplateOverrides(ApiModel):
             check=lambda t: all(any(v.name == m.name for v in t.volumes) for m in t.volume_mounts),
         ),
     )
+
+
+def _is_label(key: str) -> bool:
+    prefix, _, _ = key.rpartition("/")
+    return re.match(QUALIFIED_NAME, key) is not None and len(prefix) <= 253
 
 
 class HeadSpec(ApiModel):
@@ -526,7 +666,10 @@ class RLHFJobSpec(ApiModel):
     algorithm: AlgorithmSpec = Field(description="The RL algorithm and its hyperparameters.")
     models: ModelsSpec = Field(description="Model roles: actor, critic, reference, reward, rollout.")
     data: DataSpec = Field(description="Prompt data.")
-    training: TrainingSpec = Field(description="Batch sizes, steps, optimizer.")
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec,
+        description="Batch sizes, steps, optimizer. Every field has a default (see each), so it may be omitted.",
+    )
     generation: GenerationSpec = Field(default_factory=GenerationSpec, description="Lengths and sampling.")
     checkpoint: CheckpointSpec | None = Field(
         default=None,
@@ -563,7 +706,7 @@ class RLHFJobSpec(ApiModel):
         default=None, pattern=DNS_LABEL, max_length=63, description="Kueue LocalQueue name."
     )
     priority_class_name: str | None = Field(
-        default=None, min_length=1, description="PriorityClass of the pods."
+        default=None, pattern=DNS_SUBDOMAIN, max_length=253, description="PriorityClass of the pods."
     )
 
     rules = (
@@ -580,10 +723,36 @@ class RLHFJobSpec(ApiModel):
             check=lambda s: s.algorithm.name not in GROUP_ALGORITHMS or s.models.critic is None,
         ),
         Rule(
-            cel="self.algorithm.kl.coef == 0.0 || has(self.models.reference)",
-            message="required when algorithm.kl.coef > 0 (set algorithm.kl.coef: 0 to train without one)",
-            field="models.reference",
-            check=lambda s: s.algorithm.kl.coef == 0 or s.models.reference is not None,
+            cel="self.training.evalEverySteps == 0 || has(self.data.eval)",
+            message="required when training.evalEverySteps > 0",
+            field="data.eval",
+            check=lambda s: s.training.eval_every_steps == 0 or s.data.eval is not None,
+        ),
+        Rule(
+            cel="!has(self.data.eval) || self.training.evalEverySteps > 0",
+            message="never used while training.evalEverySteps is 0: set how often to evaluate",
+            field="training.evalEverySteps",
+            check=lambda s: s.data.eval is None or s.training.eval_every_steps > 0,
+        ),
+        Rule(
+            cel="self.training.trainBatchSize % (self.training.microBatchSize * "
+            "(self.models.actor.gpus == 0 ? 1 : self.models.actor.gpus)) == 0",
+            message="microBatchSize x actor.gpus (the actor's data-parallel workers) must divide trainBatchSize",
+            field="training.microBatchSize",
+            check=lambda s: (
+                s.training.train_batch_size % (s.training.micro_batch_size * max(1, s.models.actor.gpus)) == 0
+            ),
+        ),
+        Rule(
+            cel="!has(self.models.critic) || self.training.trainBatchSize % (self.training.microBatchSize * "
+            "(self.models.critic.gpus == 0 ? 1 : self.models.critic.gpus)) == 0",
+            message="microBatchSize x critic.gpus (the critic's data-parallel workers) must divide trainBatchSize",
+            field="training.microBatchSize",
+            check=lambda s: (
+                s.models.critic is None
+                or s.training.train_batch_size % (s.training.micro_batch_size * max(1, s.models.critic.gpus))
+                == 0
+            ),
         ),
         Rule(
             cel="(self.training.rolloutBatchSize * self.algorithm.samplesPerPrompt) "

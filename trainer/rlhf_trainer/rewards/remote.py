@@ -29,8 +29,6 @@ class RemoteReward:
     resending the same body cannot fix it.
     """
 
-    kind = "url"
-
     def __init__(
         self,
         url: str,

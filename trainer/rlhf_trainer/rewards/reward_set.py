@@ -30,8 +30,6 @@ class ModelReward:
     """A reward model scoring prompt + completion. The scorer is either injected (the reward-model
     role on Ray) or a RewardModelScorer built in this process on first use (local backend)."""
 
-    kind = "model"
-
     def __init__(
         self,
         spec: RewardSource,
