@@ -2,18 +2,24 @@
 
 - ConfigMap `<job>-trainer-config`: the TrainerConfig (wire keys) at /etc/rlhf/trainer.yaml.
 - ServiceAccount, Role, RoleBinding `<job>-trainer`: get/patch on this job's status only.
+- NetworkPolicy `<job>-ray` (when the policy enables it): the job's Ray pods admit only each
+  other, the operator's and the control namespaces (dashboard, metrics) and monitoring (metrics).
 - RayJob `<job>-a<attempt>` (ray.io/v1): a CPU head that runs `rlhf train` as the entrypoint,
   GPU worker groups from `placement.plan_layout`, /dev/shm in memory and the checkpoint volume
-  on every pod, secrets by reference, the pod template overrides merged in.
+  on every pod, secrets by reference, the pod template overrides merged in. Ray token
+  authentication is on (KubeRay's `authOptions`: KubeRay generates the token Secret of each Ray
+  cluster and hands it to the Ray pods and the submitter). Every pod (head, workers, KubeRay's
+  submitter through `submitterPodTemplate`) meets the restricted Pod Security Standard.
 
-Every object carries the label `rlhf.io/job` and, when the job has a uid, a controller owner
-reference to it, so deleting the job cascades through the garbage collector.
+The platform policy (policy.py) is enforced first: a breaching job raises PolicyViolation and
+nothing is rendered. Every object carries the label `rlhf.io/job` and, when the job has a uid, a
+controller owner reference to it, so deleting the job cascades through the garbage collector.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -24,6 +30,7 @@ from rlhf_trainer.api.spec import RLHFJobSpec
 from . import naming
 from .errors import RenderError
 from .placement import WorkerGroup, plan_layout
+from .policy import Policy, check_pods, enforce, operator_namespace, operator_policy
 
 __all__ = ["RenderError", "RenderOptions", "render_job_objects", "render_rayjob", "render_trainer_config"]
 
@@ -33,7 +40,7 @@ SHM_VOLUME = "dshm"
 CHECKPOINT_VOLUME = "checkpoints"
 CONFIG_VOLUME = "trainer-config"
 GPU_RESOURCE = "nvidia.com/gpu"
-SECRET_ENV = {"hf_token": "HF_TOKEN", "wandb_api_key": "WANDB_API_KEY"}
+SECRET_ENV = {"hf_token": "HF_TOKEN"}
 JOB_ENV = ("RLHF_JOB_NAME", "RLHF_JOB_NAMESPACE")
 HEAD_PORTS = (
     ("gcs-server", 6379),
@@ -43,6 +50,27 @@ HEAD_PORTS = (
     ("trainer-metrics", naming.TRAINER_METRICS_PORT),
 )
 WORKER_PORTS = (("metrics", naming.RAY_METRICS_PORT),)
+DASHBOARD_PORT = 8265
+# The uid/gid of the trainer image (images/trainer/Dockerfile); fsGroup makes the checkpoint
+# volume writable by it.
+TRAINER_UID = 10001
+POD_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": TRAINER_UID,
+    "runAsGroup": TRAINER_UID,
+    "fsGroup": TRAINER_UID,
+    # A large checkpoint volume is chowned only when its root does not match already.
+    "fsGroupChangePolicy": "OnRootMismatch",
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+SUBMITTER_CONTAINER = "ray-job-submitter"
+SUBMITTER_RESOURCES = {"requests": {"cpu": "500m", "memory": "200Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 
 
 @dataclass(frozen=True)
@@ -55,15 +83,22 @@ class RenderOptions:
     # RayJob spec.managedBy: unset = KubeRay; "kueue.x-k8s.io/multikueue" hands the RayJob to MultiKueue
     # (and keeps a KubeRay controller off it, which the e2e tests that play KubeRay rely on).
     rayjob_managed_by: str | None = None
+    # The platform policy; by default the running operator's (RLHF_OPERATOR_POLICY) or the chart's defaults.
+    policy: Policy = field(default_factory=operator_policy)
 
 
 def render_job_objects(job: RLHFJob, options: RenderOptions) -> list[dict[str, Any]]:
-    """ConfigMap, ServiceAccount, Role, RoleBinding and RayJob, in the order they are created."""
-    return [
-        render_config_map(job, options),
-        *render_trainer_rbac(job, options),
-        render_rayjob(job, options),
-    ]
+    """ConfigMap, ServiceAccount, Role, RoleBinding, NetworkPolicy and RayJob, in creation order.
+
+    The ConfigMap comes first and the RayJob last; PolicyViolation (a RenderError) when the job
+    breaches the platform policy.
+    """
+    enforce(job.spec, options.policy, options.default_image)
+    rayjob = render_rayjob(job, options)
+    objects = [render_config_map(job, options), *render_trainer_rbac(job, options)]
+    if options.policy.network_policy.enabled:
+        objects.append(render_network_policy(job, options))
+    return [*objects, rayjob]
 
 
 def job_namespace(job: RLHFJob, options: RenderOptions) -> str:
@@ -132,10 +167,51 @@ def render_trainer_rbac(job: RLHFJob, options: RenderOptions) -> list[dict[str, 
     return [account, role, binding]
 
 
+def render_network_policy(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
+    """Ingress to the job's Ray pods: from each other (every port: GCS, Ray's worker ports, ...),
+    from the operator's and the control namespaces (dashboard and metrics: KubeRay polls the
+    dashboard), and from monitoring namespaces (metrics only). Everything else is dropped."""
+    settings = options.policy.network_policy
+    control = [operator_namespace(options.policy), *settings.control_namespaces]
+    metrics_ports = [
+        {"protocol": "TCP", "port": naming.RAY_METRICS_PORT},
+        {"protocol": "TCP", "port": naming.TRAINER_METRICS_PORT},
+    ]
+    ingress: list[dict[str, Any]] = [
+        {"from": [{"podSelector": {"matchLabels": naming.job_labels(job.metadata.name)}}]},
+        {
+            "from": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+                for namespace in dict.fromkeys(control)
+            ],
+            "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}, *metrics_ports],
+        },
+    ]
+    if settings.monitoring_namespace_labels:
+        ingress.append(
+            {
+                "from": [{"namespaceSelector": {"matchLabels": dict(settings.monitoring_namespace_labels)}}],
+                "ports": metrics_ports,
+            }
+        )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(job, options, naming.network_policy_name(job.metadata.name)),
+        "spec": {
+            "podSelector": {"matchLabels": naming.job_labels(job.metadata.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
 def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
     spec = job.spec
-    layout = plan_layout(spec)
+    enforce(spec, options.policy, options.default_image)
     _check_template(spec)
+    layout = plan_layout(spec)
+    check_pods(sum(group.replicas for group in layout.groups), options.policy)
     metadata = _metadata(job, options, naming.rayjob_name(job.metadata.name, options.attempt))
     metadata["labels"][naming.LABEL_ATTEMPT] = str(options.attempt)
     if spec.queue_name:
@@ -149,6 +225,7 @@ def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
         "backoffLimit": 0,
         "shutdownAfterJobFinishes": True,
         "suspend": spec.suspend,
+        "submitterPodTemplate": _submitter_template(job, options),
     }
     if options.rayjob_managed_by:
         rayjob_spec["managedBy"] = options.rayjob_managed_by
@@ -157,6 +234,9 @@ def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
     if spec.ttl_seconds_after_finished is not None:
         rayjob_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
     rayjob_spec["rayClusterSpec"] = {
+        # KubeRay generates a random token per Ray cluster (a Secret it owns) and sets
+        # RAY_AUTH_MODE/RAY_AUTH_TOKEN on the Ray containers and the submitter.
+        "authOptions": {"mode": "token"},
         "headGroupSpec": {
             "rayStartParams": {
                 "dashboard-host": "0.0.0.0",
@@ -192,7 +272,35 @@ def _head_template(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
     ]
     pod_spec = _pod_spec(spec, container, volumes)
     pod_spec["serviceAccountName"] = naming.trainer_account_name(job.metadata.name)
+    # The driver writes the job's status with this token; the workers and the submitter get none.
+    pod_spec["automountServiceAccountToken"] = True
     return {"metadata": _pod_metadata(job, options, "head", ()), "spec": pod_spec}
+
+
+def _submitter_template(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
+    """KubeRay's submitter pod (it runs `ray job submit`; KubeRay sets its command and token)."""
+    spec = job.spec
+    container: dict[str, Any] = {"name": SUBMITTER_CONTAINER, "image": spec.image or options.default_image}
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    container["resources"] = SUBMITTER_RESOURCES
+    container["securityContext"] = dict(CONTAINER_SECURITY_CONTEXT)
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": dict(POD_SECURITY_CONTEXT),
+        "containers": [container],
+    }
+    if spec.template.image_pull_secrets:
+        pod["imagePullSecrets"] = [ref.to_wire() for ref in spec.template.image_pull_secrets]
+    if spec.priority_class_name:
+        pod["priorityClassName"] = spec.priority_class_name
+    labels = {
+        **naming.job_labels(job.metadata.name),
+        naming.LABEL_ATTEMPT: str(options.attempt),
+        naming.LABEL_ROLE: "submitter",
+    }
+    return {"metadata": {"labels": labels}, "spec": pod}
 
 
 def _worker_group(job: RLHFJob, options: RenderOptions, group: WorkerGroup) -> dict[str, Any]:
@@ -203,6 +311,7 @@ def _worker_group(job: RLHFJob, options: RenderOptions, group: WorkerGroup) -> d
     gpu_resources = {"requests": requests, "limits": limits}
     container = _container(spec, options, "ray-worker", _common_env(spec), gpu_resources, WORKER_PORTS)
     pod_spec = _pod_spec(spec, container, _common_volumes(spec))
+    pod_spec["automountServiceAccountToken"] = False
     return {
         "groupName": group.name,
         "replicas": group.replicas,
@@ -232,6 +341,7 @@ def _container(
         mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path})
     mounts += [mount.to_wire() for mount in spec.template.volume_mounts]
     container["volumeMounts"] = mounts
+    container["securityContext"] = dict(CONTAINER_SECURITY_CONTEXT)
     return container
 
 
@@ -255,7 +365,11 @@ def _common_volumes(spec: RLHFJobSpec) -> list[dict[str, Any]]:
 
 def _pod_spec(spec: RLHFJobSpec, container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
     template = spec.template
-    pod: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    pod: dict[str, Any] = {
+        "securityContext": dict(POD_SECURITY_CONTEXT),
+        "containers": [container],
+        "volumes": volumes,
+    }
     if template.node_selector:
         pod["nodeSelector"] = dict(template.node_selector)
     if template.tolerations:

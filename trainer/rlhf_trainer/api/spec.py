@@ -517,9 +517,6 @@ class SecretRefs(ApiModel):
     hf_token: SecretKeySelector | None = Field(
         default=None, description="Secret key holding the HF token (HF_TOKEN)."
     )
-    wandb_api_key: SecretKeySelector | None = Field(
-        default=None, description="Secret key holding the W&B API key (WANDB_API_KEY)."
-    )
 
 
 class RLHFJobSpec(ApiModel):
