@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -173,6 +174,29 @@ def operator_policy() -> Policy:
     """The running operator's policy: the file $RLHF_OPERATOR_POLICY names, else the defaults."""
     path = os.environ.get(POLICY_ENV)
     return load_policy(path) if path else Policy()
+
+
+def values_schema() -> dict[str, Any]:
+    """The JSON schema of the chart's `policy:` values (values.schema.json holds it; a test checks)."""
+    from rlhf_trainer.api.crd import model_schema
+
+    raw = model_schema(
+        Policy, "The platform policy the operator enforces on every RLHFJob (docs/security.md)."
+    )
+    return _closed(json.loads(json.dumps(raw, default=lambda model: model.to_wire())))
+
+
+def _closed(schema: Any) -> Any:
+    """Unknown keys are errors in the chart's values."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "object" and "properties" in schema:
+            schema["additionalProperties"] = False
+        for value in schema.values():
+            _closed(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _closed(value)
+    return schema
 
 
 def operator_namespace(policy: Policy) -> str:

@@ -18,8 +18,9 @@ controller owner reference to it, so deleting the job cascades through the garba
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -84,7 +85,7 @@ class RenderOptions:
     # (and keeps a KubeRay controller off it, which the e2e tests that play KubeRay rely on).
     rayjob_managed_by: str | None = None
     # The platform policy; by default the running operator's (RLHF_OPERATOR_POLICY) or the chart's defaults.
-    policy: Policy = field(default_factory=operator_policy)
+    policy: Policy = dataclasses.field(default_factory=operator_policy)
 
 
 def render_job_objects(job: RLHFJob, options: RenderOptions) -> list[dict[str, Any]]:

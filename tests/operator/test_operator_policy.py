@@ -277,3 +277,19 @@ def test_the_network_policy_can_be_turned_off():
         example_job("tiny-grpo-cpu"), RenderOptions(default_image=IMAGE, policy=policy)
     )
     assert "NetworkPolicy" not in [o["kind"] for o in objects]
+
+
+def test_rlhf_validate_applies_the_default_policy_or_the_one_given(tmp_path, capsys):
+    from rlhf_trainer.cli import main
+
+    manifest = tmp_path / "job.yaml"
+    import yaml
+
+    manifest.write_text(
+        yaml.safe_dump(with_spec("tiny-grpo-cpu", {"priorityClassName": "system-node-critical"}))
+    )
+    assert main(["validate", str(manifest)]) == 1
+    assert "spec.priorityClassName: 'system-node-critical' is not an allowed" in capsys.readouterr().err
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("allowedPriorityClasses: [system-node-critical]\n")
+    assert main(["validate", "--policy", str(policy), str(manifest)]) == 0

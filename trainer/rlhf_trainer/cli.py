@@ -14,6 +14,8 @@ import yaml
 
 from .api.job import API_VERSION, GROUP
 
+DEFAULT_TRAINER_IMAGE = "ghcr.io/rlhf-operator/trainer:0.1.0"
+
 
 def load_documents(path: str) -> list[Any]:
     """All YAML documents of a file (`-` is standard input), empty ones dropped."""
@@ -28,8 +30,15 @@ def _is_rlhf_document(doc: Any) -> bool:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .api.validation import FieldError, validate_manifest
+    from rlhf_operator.policy import Policy, check_spec, load_policy
 
+    from .api.validation import FieldError, InvalidJobError, validate_manifest
+
+    try:
+        policy = load_policy(args.policy) if args.policy else Policy()
+    except (OSError, yaml.YAMLError, InvalidJobError) as exc:
+        print(f"{args.policy}: bad policy: {exc}", file=sys.stderr)
+        return 1
     failed = False
     for path in args.files:
         try:
@@ -47,7 +56,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         valid = 0
         for index, doc in jobs:
-            _, errors = validate_manifest(doc)
+            job, errors = validate_manifest(doc)
+            if job is not None:  # the platform policy (the chart's defaults unless --policy)
+                errors = [FieldError(path, msg) for path, msg in check_spec(job.spec, policy, args.image)]
             where = f"{path}#{index}" if len(docs) > 1 else path
             for error in errors:
                 assert isinstance(error, FieldError)
@@ -134,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check RLHFJob manifests; exit 1 with one line per error")
     p.add_argument(
         "files", nargs="+", metavar="FILE", help="YAML files (multi-document allowed; - for stdin)"
+    )
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        default=None,
+        help="platform policy (the chart's `policy:` values, or a values file); default: the chart's defaults",
+    )
+    p.add_argument(
+        "--image",
+        default=DEFAULT_TRAINER_IMAGE,
+        help="the operator's default trainer image (its repository is allowed when the policy lists none)",
     )
     p.set_defaults(func=cmd_validate)
 

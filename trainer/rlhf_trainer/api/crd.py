@@ -120,6 +120,7 @@ def type_schema(annotation: Any) -> dict[str, Any]:
 
 def _apply_constraints(schema: dict[str, Any], metadata: list[Any]) -> None:
     is_array = schema.get("type") == "array"
+    is_map = schema.get("type") == "object"
     for item in metadata:
         if isinstance(item, at.Ge):
             schema["minimum"] = item.ge
@@ -130,9 +131,9 @@ def _apply_constraints(schema: dict[str, Any], metadata: list[Any]) -> None:
         elif isinstance(item, at.Lt):
             schema["maximum"], schema["exclusiveMaximum"] = item.lt, True
         elif isinstance(item, at.MinLen):
-            schema["minItems" if is_array else "minLength"] = item.min_length
+            schema["minItems" if is_array else "minProperties" if is_map else "minLength"] = item.min_length
         elif isinstance(item, at.MaxLen):
-            schema["maxItems" if is_array else "maxLength"] = item.max_length
+            schema["maxItems" if is_array else "maxProperties" if is_map else "maxLength"] = item.max_length
         elif getattr(item, "pattern", None):
             schema["pattern"] = item.pattern
         elif item is not None and type(item).__name__ != "_PydanticGeneralMetadata":
