@@ -171,3 +171,14 @@ def test_build_script_tags_images_with_the_package_version(tmp_path: Path) -> No
     assert calls[0] == "info"
     assert calls[1] == f"build -f images/operator/Dockerfile -t reg.example/rlhf/operator:{version} ."
     assert calls[2] == f"build -f images/trainer/Dockerfile -t reg.example/rlhf/trainer:{version} ."
+
+
+def test_trainer_image_user_is_the_uid_and_gid_the_operator_runs_pods_as() -> None:
+    from rlhf_operator.render import POD_SECURITY_CONTEXT, TRAINER_UID
+
+    steps = instructions(IMAGES / "trainer" / "Dockerfile")
+    (user,) = [rest for word, rest in steps if word == "USER"]
+    assert user == f"{TRAINER_UID}:{TRAINER_UID}"
+    assert POD_SECURITY_CONTEXT["fsGroup"] == POD_SECURITY_CONTEXT["runAsGroup"] == TRAINER_UID
+    created = " ".join(rest for word, rest in steps if word == "RUN" and "useradd" in rest)
+    assert f"--uid {TRAINER_UID}" in created and f"--gid {TRAINER_UID}" in created
