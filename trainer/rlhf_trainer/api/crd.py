@@ -90,6 +90,14 @@ def field_schema(info: FieldInfo) -> dict[str, Any]:
 def type_schema(annotation: Any) -> dict[str, Any]:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        schema = type_schema(args[0])
+        for meta in args[1:]:
+            if isinstance(meta, FieldInfo):
+                _apply_constraints(schema, meta.metadata)
+            elif getattr(meta, "pattern", None):  # kube.IntOrStringPattern
+                schema["pattern"] = meta.pattern
+        return schema
     if origin in (typing.Union, types.UnionType):
         members = [a for a in args if a is not type(None)]
         if set(members) == {int, str}:

@@ -9,6 +9,7 @@ generates rolloutBatchSize x samplesPerPrompt samples and makes
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field
@@ -16,7 +17,13 @@ from pydantic import Field
 from .base import ApiModel, Rule
 from .kube import (
     DNS_LABEL,
+    DNS_SUBDOMAIN,
+    INT32_MAX,
+    LABEL_KEY,
+    PATH_LENGTH,
+    AnnotationValue,
     EnvVar,
+    LabelValue,
     LocalObjectReference,
     ResourceRequirements,
     SecretKeySelector,
@@ -34,6 +41,15 @@ LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-no
 PYTHON_CALLABLE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
 _GROUP_CEL = "[" + ", ".join(f"'{name}'" for name in GROUP_ALGORITHMS) + "]"
+# A checkpoint volume mounted on these would hide what the pods need (the trainer config at /etc/rlhf).
+_FIXED_TREES = ("/etc/rlhf", "/dev", "/proc", "/sys")
+_FIXED_DIRS = ("/", "/etc", *_FIXED_TREES)
+_FIXED_DIRS_CEL = "[" + ", ".join(f"'{d}'" for d in _FIXED_DIRS) + "]"
+_FIXED_TREES_CEL = "[" + ", ".join(f"'{d}'" for d in _FIXED_TREES) + "]"
+
+
+def _fixed_mount(path: str) -> bool:
+    return path in _FIXED_DIRS or any(path.startswith(tree + "/") for tree in _FIXED_TREES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,9 +175,12 @@ class RoleSpec(ApiModel):
 
     model: str = Field(
         min_length=1,
+        max_length=PATH_LENGTH,
         description="HF model id, local path, or path on a mounted volume (e.g. /models/qwen2.5-7b).",
     )
-    tokenizer: str | None = Field(default=None, description="Tokenizer path or id. Unset: the model's own.")
+    tokenizer: str | None = Field(
+        default=None, max_length=PATH_LENGTH, description="Tokenizer path or id. Unset: the model's own."
+    )
     gpus: int = Field(default=1, ge=0, le=4096, description="GPUs for this role in total. 0 runs it on CPU.")
     nodes: int = Field(default=1, ge=1, le=512, description="Nodes the role's GPUs are spread over.")
     zero_stage: int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage 0-3.")
@@ -211,6 +230,7 @@ class RewardSource(ApiModel):
     model: str | None = Field(
         default=None,
         min_length=1,
+        max_length=PATH_LENGTH,
         description="Reward model path/id (AutoModelForSequenceClassification, scored at the last token).",
     )
     gpus: int | None = Field(
@@ -222,6 +242,7 @@ class RewardSource(ApiModel):
     url: str | None = Field(
         default=None,
         pattern=r"^https?://",
+        max_length=2048,
         description="Remote reward endpoint: POST {prompts, completions, labels} -> {rewards: [float]}.",
     )
     timeout_seconds: float | None = Field(
@@ -233,6 +254,7 @@ class RewardSource(ApiModel):
     function: str | None = Field(
         default=None,
         pattern=PYTHON_CALLABLE,
+        max_length=256,
         description="Python reward `module.path:callable(prompts, completions, labels) -> list[float]`.",
     )
     weight: float = Field(default=1.0, description="Weight of this source in the summed reward.")
@@ -351,23 +373,32 @@ class PromptSource(ApiModel):
     path: str | None = Field(
         default=None,
         min_length=1,
+        max_length=PATH_LENGTH,
         description="Local or volume path of a .jsonl/.json/.parquet file or directory.",
     )
     dataset: str | None = Field(
-        default=None, min_length=1, description="HF dataset name (only where the cluster can reach a hub)."
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="HF dataset name (only where the cluster can reach a hub).",
     )
-    split: str = Field(default="train", min_length=1, description="Dataset split.")
-    input_key: str = Field(default="prompt", min_length=1, description="Column holding the prompt text.")
+    split: str = Field(default="train", min_length=1, max_length=128, description="Dataset split.")
+    input_key: str = Field(
+        default="prompt", min_length=1, max_length=256, description="Column holding the prompt text."
+    )
     label_key: str | None = Field(
-        default=None, min_length=1, description="Column holding the label passed to reward functions."
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Column holding the label passed to reward functions.",
     )
     chat_template: bool = Field(
         default=False, description="Wrap the prompt with the tokenizer's chat template."
     )
     input_template: str | None = Field(
-        default=None, description="Format string applied to the prompt; must contain {input}."
+        default=None, max_length=8192, description="Format string applied to the prompt; must contain {input}."
     )
-    max_samples: int | None = Field(default=None, ge=1, description="Use at most this many rows.")
+    max_samples: int | None = Field(default=None, ge=1, le=INT32_MAX, description="Use at most this many rows.")
 
     rules = (
         Rule(
@@ -398,16 +429,18 @@ class DataSpec(ApiModel):
 
 
 class TrainingSpec(ApiModel):
-    rollout_batch_size: int = Field(ge=1, description="Prompts per rollout (one RL step).")
+    rollout_batch_size: int = Field(ge=1, le=1_000_000, description="Prompts per rollout (one RL step).")
     train_batch_size: int = Field(
         ge=1,
+        le=1_000_000,
         description="Samples (completions) per optimizer step. One step makes "
         "rolloutBatchSize x samplesPerPrompt / trainBatchSize x epochs optimizer steps.",
     )
     micro_batch_size: int = Field(
-        ge=1, description="Samples per forward/backward pass; gradients accumulate up to trainBatchSize."
+        ge=1,
+        le=1_000_000, description="Samples per forward/backward pass; gradients accumulate up to trainBatchSize."
     )
-    max_steps: int = Field(ge=1, description="RL steps (rollouts) to run.")
+    max_steps: int = Field(ge=1, le=INT32_MAX, description="RL steps (rollouts) to run.")
     actor_learning_rate: float = Field(default=1e-6, gt=0, description="Actor peak learning rate.")
     critic_learning_rate: float = Field(default=9e-6, gt=0, description="Critic peak learning rate.")
     lr_schedule: Literal["constant", "cosine"] = Field(
@@ -421,8 +454,8 @@ class TrainingSpec(ApiModel):
     )
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
-    seed: int = Field(default=42, ge=0, description="Seed of data order, sampling and initialisation.")
-    eval_every_steps: int = Field(default=0, ge=0, description="Evaluate every N steps (0: never).")
+    seed: int = Field(default=42, ge=0, le=INT32_MAX, description="Seed of data order, sampling and initialisation.")
+    eval_every_steps: int = Field(default=0, ge=0, le=INT32_MAX, description="Evaluate every N steps (0: never).")
 
     rules = (
         Rule(
@@ -435,21 +468,24 @@ class TrainingSpec(ApiModel):
 
 
 class GenerationSpec(ApiModel):
-    max_prompt_length: int = Field(default=1024, ge=1, description="Prompt tokens kept (left-truncated).")
-    max_new_tokens: int = Field(default=1024, ge=1, description="Most tokens generated per completion.")
+    max_prompt_length: int = Field(default=1024, ge=1, le=INT32_MAX, description="Prompt tokens kept (left-truncated).")
+    max_new_tokens: int = Field(default=1024, ge=1, le=INT32_MAX, description="Most tokens generated per completion.")
     temperature: float = Field(default=1.0, gt=0, le=10, description="Sampling temperature.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling probability mass.")
-    top_k: int = Field(default=0, ge=0, description="Top-k sampling (0: off).")
+    top_k: int = Field(default=0, ge=0, le=INT32_MAX, description="Top-k sampling (0: off).")
 
 
 class CheckpointSpec(ApiModel):
     path: str = Field(
-        min_length=1, description="Directory for checkpoints (on the checkpoint volume in a cluster)."
+        min_length=1,
+        max_length=PATH_LENGTH,
+        description="Directory for checkpoints (on the checkpoint volume in a cluster). In a cluster it may "
+        "not be /, /etc, nor under /etc/rlhf (the trainer config), /dev, /proc or /sys.",
     )
     volume: VolumeSource | None = Field(
         default=None, description="Volume mounted at path on every pod (shared, e.g. a ReadWriteMany PVC)."
     )
-    every_steps: int = Field(default=50, ge=1, description="Save every N steps (and always at the end).")
+    every_steps: int = Field(default=50, ge=1, le=INT32_MAX, description="Save every N steps (and always at the end).")
     keep: int = Field(default=3, ge=1, le=1000, description="Keep the last K checkpoints.")
     export_hf: bool = Field(
         default=True, alias="exportHF", description="Also write the actor in HF format (from_pretrained)."
@@ -457,7 +493,18 @@ class CheckpointSpec(ApiModel):
     resume: str = Field(
         default="auto",
         pattern=r"^(auto|never|/.*)$",
+        max_length=PATH_LENGTH,
         description="auto: continue from the latest checkpoint under path; never; or an absolute checkpoint path.",
+    )
+
+    rules = (
+        Rule(
+            cel=f"!(self.path in {_FIXED_DIRS_CEL} || {_FIXED_TREES_CEL}.exists(d, self.path.startsWith(d + '/')))",
+            message="collides with a directory the pods need (/, /etc, /etc/rlhf: the trainer config, "
+            "/dev, /dev/shm, /proc, /sys)",
+            field="path",
+            check=lambda c: not _fixed_mount(c.path),
+        ),
     )
 
 
@@ -466,8 +513,8 @@ class CheckpointSpec(ApiModel):
 
 
 class PodTemplateOverrides(ApiModel):
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels every pod must match."
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=64, description="Node labels every pod must match."
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=64, description="Tolerations of every pod."
@@ -484,10 +531,24 @@ class PodTemplateOverrides(ApiModel):
     image_pull_secrets: list[LocalObjectReference] = Field(
         default_factory=list, max_length=16, description="Secrets for pulling the image."
     )
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels of every pod.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations of every pod.")
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=64, description="Extra labels of every pod (Kubernetes label syntax)."
+    )
+    annotations: dict[str, AnnotationValue] = Field(
+        default_factory=dict, max_length=64, description="Extra annotations of every pod."
+    )
 
     rules = (
+        *(
+            Rule(
+                cel=f"self.{wire}.all(k, k.matches('{LABEL_KEY}'))",
+                message="keys must be Kubernetes label keys: [prefix/]name, name <= 63 characters of "
+                "[A-Za-z0-9-_.] starting and ending alphanumeric, prefix a DNS subdomain",
+                field=wire,
+                check=lambda t, attr=attr: all(re.match(LABEL_KEY, k) for k in getattr(t, attr)),
+            )
+            for wire, attr in (("labels", "labels"), ("annotations", "annotations"), ("nodeSelector", "node_selector"))
+        ),
         Rule(
             cel="self.volumeMounts.all(m, self.volumes.exists(v, v.name == m.name))",
             message="every volumeMount must name a volume in template.volumes",
@@ -530,7 +591,10 @@ class RLHFJobSpec(ApiModel):
         description="Checkpointing and resume. Unset: no checkpoints; restarts begin from scratch.",
     )
     image: str | None = Field(
-        default=None, min_length=1, description="Trainer image. Unset: the operator's default."
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="Trainer image. Unset: the operator's default (the platform policy lists the allowed ones).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         default=None, description="Image pull policy of every container."
@@ -551,16 +615,20 @@ class RLHFJobSpec(ApiModel):
         description="Restarts after failure, each resuming from the latest checkpoint.",
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Fail the job after this long."
+        default=None, ge=1, le=INT32_MAX, description="Fail the job after this long."
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the Ray cluster this long after the job finishes."
+        default=None, ge=0, le=INT32_MAX, description="Delete the Ray cluster this long after the job finishes."
     )
     queue_name: str | None = Field(
         default=None, pattern=DNS_LABEL, max_length=63, description="Kueue LocalQueue name."
     )
     priority_class_name: str | None = Field(
-        default=None, min_length=1, description="PriorityClass of the pods."
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="PriorityClass of the pods (the platform policy lists the allowed ones).",
     )
 
     rules = (
