@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from rlhf_trainer.api.job import GROUP, PLURAL, RLHFJob, TrainerConfig
-from rlhf_trainer.api.spec import RLHFJobSpec
+from rlhf_trainer.api.spec import RLHFJobSpec, reward_auth_env
 
 from . import naming
 from .errors import RenderError
@@ -352,6 +352,16 @@ def _common_env(spec: RLHFJobSpec) -> list[dict[str, Any]]:
         ref = getattr(spec.secrets, field)
         if ref is not None:
             env.append({"name": env_name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    # URL reward credentials: from their Secret into the env the trainer reads (rewards/remote.py).
+    for index, source in enumerate(spec.models.reward):
+        if source.auth is not None:
+            ref = source.auth.secret_key_ref
+            env.append(
+                {
+                    "name": reward_auth_env(index),
+                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+                }
+            )
     return env
 
 

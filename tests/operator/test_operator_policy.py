@@ -293,3 +293,16 @@ def test_rlhf_validate_applies_the_default_policy_or_the_one_given(tmp_path, cap
     policy = tmp_path / "policy.yaml"
     policy.write_text("allowedPriorityClasses: [system-node-critical]\n")
     assert main(["validate", "--policy", str(policy), str(manifest)]) == 0
+
+
+def test_url_reward_credentials_reach_every_pod_by_reference_only():
+    objects = render_job_objects(example_job("rloo-qwen2.5-1.5b"), RenderOptions(default_image=IMAGE))
+    head, workers, _ = _pods(objects)
+    for template in [head, *workers]:
+        env = {var["name"]: var for var in template["spec"]["containers"][0]["env"]}
+        assert env["RLHF_REWARD_AUTH_0"] == {
+            "name": "RLHF_REWARD_AUTH_0",
+            "valueFrom": {"secretKeyRef": {"name": "reward-judge", "key": "token"}},
+        }
+    config = objects[0]["data"]["trainer.yaml"]
+    assert "secretKeyRef" in config and "RLHF_REWARD_AUTH" not in config

@@ -218,6 +218,44 @@ class RoleSpec(ApiModel):
     )
 
 
+# A URL that carries a credential (user:password@host, or a token-looking query parameter) would be
+# copied into the ConfigMap, the RayJob and logs: credentials go in `auth` (a Secret reference).
+URL_USERINFO = r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
+URL_SECRET_QUERY = (
+    r"[?&](?i:access_token|token|id_token|api_key|apikey|api-key|key|password|passwd|pwd|secret|"
+    r"client_secret|auth|authorization|sig|signature|x-amz-signature|x-goog-signature|credential)="
+)
+HTTP_HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+
+
+def reward_auth_env(index: int) -> str:
+    """The env var that carries reward entry `index`'s credential into the pods (from its Secret)."""
+    return f"RLHF_REWARD_AUTH_{index}"
+
+
+class RewardAuth(ApiModel):
+    """A credential the remote reward sends as a request header, read from a Secret."""
+
+    secret_key_ref: SecretKeySelector = Field(
+        description="Secret key holding the credential. The operator hands it to the pods as an env var "
+        "(RLHF_REWARD_AUTH_<index>); it never enters the ConfigMap, the RayJob or logs."
+    )
+    header: str = Field(
+        default="Authorization",
+        min_length=1,
+        max_length=128,
+        pattern=HTTP_HEADER_NAME,
+        description="Request header that carries it.",
+    )
+    scheme: str = Field(
+        default="Bearer",
+        max_length=64,
+        pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$",
+        description="Prefix of the header value (`Bearer` sends `Authorization: Bearer <secret>`); \"\" sends "
+        "the secret alone.",
+    )
+
+
 class RewardSource(ApiModel):
     """One reward: exactly one of a reward model, a remote HTTP endpoint, or a Python function."""
 
@@ -251,6 +289,9 @@ class RewardSource(ApiModel):
     retries: int | None = Field(
         default=None, ge=0, le=20, description="Retries of a remote reward (3 when unset)."
     )
+    auth: RewardAuth | None = Field(
+        default=None, description="A credential for the remote reward, from a Secret (url rewards only)."
+    )
     function: str | None = Field(
         default=None,
         pattern=PYTHON_CALLABLE,
@@ -277,6 +318,19 @@ class RewardSource(ApiModel):
             message="timeoutSeconds and retries apply to a url reward only",
             field="url",
             check=lambda r: (r.timeout_seconds is None and r.retries is None) or r.url is not None,
+        ),
+        Rule(
+            cel="!has(self.auth) || has(self.url)",
+            message="auth applies to a url reward only",
+            field="auth",
+            check=lambda r: r.auth is None or r.url is not None,
+        ),
+        Rule(
+            cel=f"!has(self.url) || !(self.url.matches('{URL_USERINFO}') || self.url.matches('{URL_SECRET_QUERY}'))",
+            message="carries a credential (user:password@ or a token query parameter): put it in a Secret "
+            "and reference it with auth.secretKeyRef",
+            field="url",
+            check=lambda r: r.url is None or not (re.search(URL_USERINFO, r.url) or re.search(URL_SECRET_QUERY, r.url)),
         ),
     )
 
