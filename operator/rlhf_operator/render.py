@@ -30,10 +30,17 @@ from rlhf_trainer.api.spec import RLHFJobSpec, reward_auth_env
 
 from . import naming
 from .errors import RenderError
+from .isolation import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, render_network_policy
 from .placement import WorkerGroup, plan_layout
-from .policy import Policy, check_pods, enforce, operator_namespace, operator_policy
+from .policy import Policy, check_pods, enforce, operator_policy
 
-__all__ = ["RenderError", "RenderOptions", "render_job_objects", "render_rayjob", "render_trainer_config"]
+__all__ = [
+    "RenderError",
+    "RenderOptions",
+    "render_job_objects",
+    "render_rayjob",
+    "render_trainer_config",
+]
 
 ENTRYPOINT = f"rlhf train --config {naming.CONFIG_PATH}"
 DEFAULT_OUTPUT_DIR = "/tmp/rlhf-output"
@@ -51,27 +58,11 @@ HEAD_PORTS = (
     ("trainer-metrics", naming.TRAINER_METRICS_PORT),
 )
 WORKER_PORTS = (("metrics", naming.RAY_METRICS_PORT),)
-DASHBOARD_PORT = 8265
-# The uid/gid of the trainer image (images/trainer/Dockerfile); fsGroup makes the checkpoint
-# volume writable by it.
-TRAINER_UID = 10001
-POD_SECURITY_CONTEXT = {
-    "runAsNonRoot": True,
-    "runAsUser": TRAINER_UID,
-    "runAsGroup": TRAINER_UID,
-    "fsGroup": TRAINER_UID,
-    # A large checkpoint volume is chowned only when its root does not match already.
-    "fsGroupChangePolicy": "OnRootMismatch",
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-CONTAINER_SECURITY_CONTEXT = {
-    "runAsNonRoot": True,
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 SUBMITTER_CONTAINER = "ray-job-submitter"
-SUBMITTER_RESOURCES = {"requests": {"cpu": "500m", "memory": "200Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+SUBMITTER_RESOURCES = {
+    "requests": {"cpu": "500m", "memory": "200Mi"},
+    "limits": {"cpu": "1", "memory": "1Gi"},
+}
 
 
 @dataclass(frozen=True)
@@ -98,7 +89,9 @@ def render_job_objects(job: RLHFJob, options: RenderOptions) -> list[dict[str, A
     rayjob = render_rayjob(job, options)
     objects = [render_config_map(job, options), *render_trainer_rbac(job, options)]
     if options.policy.network_policy.enabled:
-        objects.append(render_network_policy(job, options))
+        name = job.metadata.name
+        metadata = _metadata(job, options, naming.network_policy_name(name))
+        objects.append(render_network_policy(name, metadata, options.policy))
     return [*objects, rayjob]
 
 
@@ -166,45 +159,6 @@ def render_trainer_rbac(job: RLHFJob, options: RenderOptions) -> list[dict[str, 
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
     }
     return [account, role, binding]
-
-
-def render_network_policy(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
-    """Ingress to the job's Ray pods: from each other (every port: GCS, Ray's worker ports, ...),
-    from the operator's and the control namespaces (dashboard and metrics: KubeRay polls the
-    dashboard), and from monitoring namespaces (metrics only). Everything else is dropped."""
-    settings = options.policy.network_policy
-    control = [operator_namespace(options.policy), *settings.control_namespaces]
-    metrics_ports = [
-        {"protocol": "TCP", "port": naming.RAY_METRICS_PORT},
-        {"protocol": "TCP", "port": naming.TRAINER_METRICS_PORT},
-    ]
-    ingress: list[dict[str, Any]] = [
-        {"from": [{"podSelector": {"matchLabels": naming.job_labels(job.metadata.name)}}]},
-        {
-            "from": [
-                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
-                for namespace in dict.fromkeys(control)
-            ],
-            "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}, *metrics_ports],
-        },
-    ]
-    if settings.monitoring_namespace_labels:
-        ingress.append(
-            {
-                "from": [{"namespaceSelector": {"matchLabels": dict(settings.monitoring_namespace_labels)}}],
-                "ports": metrics_ports,
-            }
-        )
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": _metadata(job, options, naming.network_policy_name(job.metadata.name)),
-        "spec": {
-            "podSelector": {"matchLabels": naming.job_labels(job.metadata.name)},
-            "policyTypes": ["Ingress"],
-            "ingress": ingress,
-        },
-    }
 
 
 def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:

@@ -174,7 +174,7 @@ def test_build_script_tags_images_with_the_package_version(tmp_path: Path) -> No
 
 
 def test_trainer_image_user_is_the_uid_and_gid_the_operator_runs_pods_as() -> None:
-    from rlhf_operator.render import POD_SECURITY_CONTEXT, TRAINER_UID
+    from rlhf_operator.isolation import POD_SECURITY_CONTEXT, TRAINER_UID
 
     steps = instructions(IMAGES / "trainer" / "Dockerfile")
     (user,) = [rest for word, rest in steps if word == "USER"]
