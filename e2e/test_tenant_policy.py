@@ -130,17 +130,23 @@ def policy_file(control_plane: ControlPlane, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def operator(
-    control_plane: ControlPlane, kubectl: Kubectl, policy_file: Path, tmp_path_factory
-) -> Iterator[OperatorProcess]:
+def operators(control_plane: ControlPlane, kubectl: Kubectl, tmp_path_factory) -> Iterator[Operators]:
     home = f"{PREFIX}-home"
     kubectl("create", "namespace", home)
     operators = Operators(control_plane, kubectl, home, tmp_path_factory.mktemp("operators"))
     try:
-        yield operators.start(f"{PREFIX}-*", RLHF_OPERATOR_POLICY=str(policy_file), POD_NAMESPACE=home)
+        yield operators
     finally:
         operators.close()
         kubectl("delete", "namespace", home, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="module")
+def operator(operators: Operators, policy_file: Path) -> OperatorProcess:
+    """The module's operator: the chart's RBAC and default policy, watching {PREFIX}-*."""
+    return operators.start(
+        f"{PREFIX}-*", RLHF_OPERATOR_POLICY=str(policy_file), POD_NAMESPACE=f"{PREFIX}-home"
+    )
 
 
 @pytest.fixture
@@ -310,3 +316,35 @@ def test_every_examples_pods_pass_the_restricted_pod_security_standard(stem, kub
         "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(bare), namespace=namespace, check=False
     )
     assert proc.returncode != 0 and "restricted" in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# KubeRay itself: token auth on, and the pods it makes are admitted under "restricted"
+
+
+def test_kuberay_makes_token_protected_pods_that_restricted_admits(
+    kuberay_operator, operators, policy_file, api, kubectl, namespace
+):
+    kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    operators.start(
+        namespace, managed_by=None, RLHF_OPERATOR_POLICY=str(policy_file), POD_NAMESPACE=f"{PREFIX}-home"
+    )
+    kubectl.apply(tiny("guarded"), namespace=namespace)
+    eventually(lambda: api.rayjob(namespace, "guarded-a0"), 15, "RayJob guarded-a0")
+
+    def head_pod() -> dict[str, Any] | None:
+        pods = kubectl.json("get", "pods", "-l", "ray.io/node-type=head", namespace=namespace)["items"]
+        return pods[0] if pods else None
+
+    # KubeRay creates the pods (no kubelet runs them): the API server admitted them under "restricted".
+    pod = eventually(head_pod, 90, "KubeRay to create the head pod", interval=0.5)
+    cluster = kubectl.json("get", "rayclusters.ray.io", namespace=namespace)["items"][0]
+    assert cluster["spec"]["authOptions"] == {"mode": "token"}
+    env = {var["name"]: var for var in pod["spec"]["containers"][0]["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    token_ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+    secret = kubectl.json("get", "secret", token_ref["name"], namespace=namespace)
+    assert token_ref["key"] in secret["data"]  # a random token KubeRay generated for this cluster
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "RayCluster"
+    assert pod["spec"]["securityContext"]["runAsUser"] == 10001
+    assert pod["spec"]["serviceAccountName"] == "guarded-trainer"

@@ -58,6 +58,9 @@ HEAD_PORTS = (
     ("trainer-metrics", naming.TRAINER_METRICS_PORT),
 )
 WORKER_PORTS = (("metrics", naming.RAY_METRICS_PORT),)
+# The Ray version of the trainer image (images/trainer/constraints.txt; a test checks they agree).
+# KubeRay needs it to run token authentication (Ray >= 2.52) and picks commands by it.
+RAY_VERSION = "2.60.0"
 SUBMITTER_CONTAINER = "ray-job-submitter"
 SUBMITTER_RESOURCES = {
     "requests": {"cpu": "500m", "memory": "200Mi"},
@@ -192,6 +195,7 @@ def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
         # KubeRay generates a random token per Ray cluster (a Secret it owns) and sets
         # RAY_AUTH_MODE/RAY_AUTH_TOKEN on the Ray containers and the submitter.
         "authOptions": {"mode": "token"},
+        "rayVersion": RAY_VERSION,
         "headGroupSpec": {
             "rayStartParams": {
                 "dashboard-host": "0.0.0.0",

@@ -182,3 +182,10 @@ def test_trainer_image_user_is_the_uid_and_gid_the_operator_runs_pods_as() -> No
     assert POD_SECURITY_CONTEXT["fsGroup"] == POD_SECURITY_CONTEXT["runAsGroup"] == TRAINER_UID
     created = " ".join(rest for word, rest in steps if word == "RUN" and "useradd" in rest)
     assert f"--uid {TRAINER_UID}" in created and f"--gid {TRAINER_UID}" in created
+
+
+def test_the_rayjobs_ray_version_is_the_trainer_images() -> None:
+    from rlhf_operator.render import RAY_VERSION
+
+    pins = (IMAGES / "trainer" / "constraints.txt").read_text().split()
+    assert f"ray=={RAY_VERSION}" in pins
