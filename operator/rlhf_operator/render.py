@@ -399,6 +399,7 @@ def _check_template(spec: RLHFJobSpec) -> None:
                 f"{path} is already used by {reserved_paths[path]}",
             )
     reserved_env = set(JOB_ENV) | {name for field, name in SECRET_ENV.items() if getattr(spec.secrets, field)}
+    reserved_env |= {reward_auth_env(i) for i, source in enumerate(spec.models.reward) if source.auth}
     for index, var in enumerate(spec.template.env):
         if var.name in reserved_env:
             raise RenderError(f"spec.template.env[{index}].name", f"{var.name} is set by the operator")

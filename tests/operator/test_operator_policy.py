@@ -306,3 +306,11 @@ def test_url_reward_credentials_reach_every_pod_by_reference_only():
         }
     config = objects[0]["data"]["trainer.yaml"]
     assert "secretKeyRef" in config and "RLHF_REWARD_AUTH" not in config
+
+
+def test_a_template_env_cannot_shadow_a_reward_credential_even_under_an_open_policy():
+    doc = with_spec("rloo-qwen2.5-1.5b", {"template.env": [{"name": "RLHF_REWARD_AUTH_0", "value": "x"}]})
+    with pytest.raises(
+        RenderError, match=r"spec.template.env\[0\].name: RLHF_REWARD_AUTH_0 is set by the operator"
+    ):
+        render_job_objects(job_from(doc), RenderOptions(default_image=IMAGE, policy=Policy(forbidden_env=[])))
