@@ -353,6 +353,17 @@ def _check_caps(spec: RLHFJobSpec, policy: Policy) -> list[tuple[str, str]]:
                 f"{rewards} entries, the platform allows at most {policy.max_reward_entries}",
             )
         )
+    # GPUs come from the roles only (and count against maxGpus): none through the pods' resources.
+    for part, resources in (("head", spec.head.resources), ("workers", spec.workers.resources)):
+        for kind in ("requests", "limits"):
+            for name in getattr(resources, kind):
+                if "gpu" in name.lower():
+                    out.append(
+                        (
+                            f"spec.{part}.resources.{kind}.{name}",
+                            "GPUs are given to the roles (spec.models), not to the pods' resources",
+                        )
+                    )
     gpus = requested_gpus(spec)
     if gpus > policy.max_gpus:
         out.append(

@@ -314,3 +314,16 @@ def test_a_template_env_cannot_shadow_a_reward_credential_even_under_an_open_pol
         RenderError, match=r"spec.template.env\[0\].name: RLHF_REWARD_AUTH_0 is set by the operator"
     ):
         render_job_objects(job_from(doc), RenderOptions(default_image=IMAGE, policy=Policy(forbidden_env=[])))
+
+
+def test_gpus_cannot_come_in_through_the_pods_resources():
+    found = violations(
+        {
+            "head.resources": {"limits": {"nvidia.com/gpu": 8}},
+            "workers.resources": {"requests": {"amd.com/gpu": 1, "cpu": 4}},
+        }
+    )
+    assert paths(found) == [
+        "spec.head.resources.limits.nvidia.com/gpu",
+        "spec.workers.resources.requests.amd.com/gpu",
+    ]
