@@ -99,6 +99,10 @@ ATTACKS: dict[str, tuple[dict[str, Any], str]] = {
         {"template__labels": {"rlhf.io/job": "someone-else"}},
         "spec.template.labels.rlhf.io/job",
     ),
+    "head-gpus": (
+        {"head__resources": {"limits": {"nvidia.com/gpu": 8}}},
+        "spec.head.resources.limits.nvidia.com/gpu",
+    ),
     "reserved-annotation": (
         {"template__annotations": {"ray.io/overwrite-container-cmd": "true"}},
         "spec.template.annotations.ray.io/overwrite-container-cmd",
