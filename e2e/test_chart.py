@@ -191,8 +191,16 @@ def test_chart_installs_and_its_service_account_runs_the_operator(
         (container,) = pod["containers"]
         assert pod["serviceAccountName"] == fullname
 
+        # The policy ConfigMap as the pod mounts it: its file, where the container's env points.
+        policy = kubectl.json("get", "configmap", f"{fullname}-policy", namespace=namespace)
+        mounted = tmp_path / "policy-mount"
+        mounted.mkdir()
+        (mounted / "policy.yaml").write_text(policy["data"]["policy.yaml"])
         operator = run_deployment_command(
-            container, make_sa_kubeconfig(namespace, fullname, create=False), tmp_path / "operator.log"
+            container,
+            make_sa_kubeconfig(namespace, fullname, create=False),
+            tmp_path / "operator.log",
+            mounts={"/etc/rlhf-operator": mounted},
         )
         try:
             healthz = f"http://127.0.0.1:{operator.liveness_port}/healthz"
@@ -264,8 +272,17 @@ class LocalOperator:
                 self.proc.wait(10)
 
 
-def run_deployment_command(container: dict[str, Any], kubeconfig: Path, log_path: Path) -> LocalOperator:
-    """The container's command and arguments as a local process, ports moved to free ones."""
+def run_deployment_command(
+    container: dict[str, Any], kubeconfig: Path, log_path: Path, mounts: dict[str, Path] | None = None
+) -> LocalOperator:
+    """The container's command and arguments as a local process, ports moved to free ones.
+
+    `mounts` maps the container's volume mount paths to local directories holding the same files;
+    env values under a mount path point into them.
+    """
+    mounts = mounts or {}
+    declared = {m["mountPath"] for m in container.get("volumeMounts", [])}
+    assert set(mounts) <= declared, (mounts, declared)
     assert container["command"] == ["rlhf"]
     metrics_port, liveness_port = free_port(), free_port()
     args = []
@@ -281,6 +298,10 @@ def run_deployment_command(container: dict[str, Any], kubeconfig: Path, log_path
     env.update(
         {e["name"]: e["value"] for e in container.get("env", []) if "value" in e and e["name"] != "HOME"}
     )
+    for name, value in list(env.items()):
+        for mount_path, local in mounts.items():
+            if value.startswith(mount_path + "/"):
+                env[name] = str(local / value.removeprefix(mount_path + "/"))
     env.update(KUBECONFIG=str(kubeconfig), RLHF_OPERATOR_RAYJOB_MANAGED_BY=MULTIKUEUE)
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(

@@ -96,7 +96,7 @@ def plan_reconcile(
         options = _options(settings, attempt, latest)
         objects = render.render_job_objects(run_job, options)
     except RenderError as exc:
-        return _fail_permanently(previous, "RenderFailed", str(exc), clock, generation)
+        return _fail_permanently(previous, exc.reason, str(exc), clock, generation)
     config_map, *rbac, rayjob = objects
     plan = Plan(ensure=[*rbac, config_map])
     extra = _refusal_conditions(previous, refused, invalid_edit)

@@ -36,6 +36,7 @@ COLLECTIONS = {
     ("rbac.authorization.k8s.io/v1", "Role"): ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     (naming.RAY_API_VERSION, "RayJob"): (f"/apis/{naming.RAY_API_VERSION}", naming.RAYJOB_PLURAL),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
     (API_VERSION, KIND): (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
 

@@ -51,6 +51,10 @@ def trainer_account_name(job_name: str) -> str:
     return f"{job_name}-trainer"
 
 
+def network_policy_name(job_name: str) -> str:
+    return f"{job_name}-ray"
+
+
 def job_labels(job_name: str) -> dict[str, str]:
     return {LABEL_JOB: job_name, LABEL_MANAGED_BY: MANAGED_BY}
 

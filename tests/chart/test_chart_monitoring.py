@@ -128,7 +128,7 @@ def test_alert_thresholds_come_from_values(helm_home: Path) -> None:
 
 def test_dashboard_configmap_carries_the_file_and_the_sidecar_label(helm_home: Path) -> None:
     objects = render(helm_home, {"grafanaDashboard.namespace": "monitoring"})
-    configmap = find(objects, "ConfigMap")
+    configmap = find(objects, "ConfigMap", "rlhf-rlhf-operator-dashboard")
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert configmap["metadata"]["namespace"] == "monitoring"
     assert json.loads(configmap["data"]["rlhf.json"]) == dashboard()

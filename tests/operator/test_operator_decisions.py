@@ -64,7 +64,7 @@ def trainer_config(result):
 
 def test_a_new_job_gets_its_children_and_a_first_rayjob():
     result = plan(job_body())
-    assert [o["kind"] for o in result.ensure] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap"]
+    assert [o["kind"] for o in result.ensure] == ["ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "ConfigMap"]
     assert result.create_rayjob["metadata"]["name"] == "grpo-qwen-math-a0"
     assert trainer_config(result)["attempt"] == 0 and "resumeFrom" not in trainer_config(result)
     assert result.status["phase"] == "Pending"

@@ -14,6 +14,8 @@ import yaml
 
 from .api.job import API_VERSION, GROUP
 
+DEFAULT_TRAINER_IMAGE = "ghcr.io/rlhf-operator/trainer:0.1.0"
+
 if TYPE_CHECKING:
     from .api.job import RLHFJob
     from .api.validation import FieldError
@@ -32,8 +34,15 @@ def _is_rlhf_document(doc: Any) -> bool:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .api.validation import FieldError, validate_manifest
+    from rlhf_operator.policy import Policy, check_spec, load_policy
 
+    from .api.validation import FieldError, InvalidJobError, validate_manifest
+
+    try:
+        policy = load_policy(args.policy) if args.policy else Policy()
+    except (OSError, yaml.YAMLError, InvalidJobError) as exc:
+        print(f"{args.policy}: bad policy: {exc}", file=sys.stderr)
+        return 1
     failed = False
     for path in args.files:
         try:
@@ -52,8 +61,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         valid = 0
         for index, doc in jobs:
             job, errors = validate_manifest(doc)
-            if job is not None:
+            if job is not None:  # pod packing, then the platform policy (the chart's defaults unless --policy)
                 errors = layout_errors(job)
+                errors += [FieldError(path, msg) for path, msg in check_spec(job.spec, policy, args.image)]
             where = f"{path}#{index}" if len(docs) > 1 else path
             for error in errors:
                 assert isinstance(error, FieldError)
@@ -184,6 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--show-defaults",
         action="store_true",
         help="print each valid job's full spec, every default filled in (the default reference too)",
+    )
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        default=None,
+        help="platform policy (the chart's `policy:` values, or a values file); default: the chart's defaults",
+    )
+    p.add_argument(
+        "--image",
+        default=DEFAULT_TRAINER_IMAGE,
+        help="the operator's default trainer image (its repository is allowed when the policy lists none)",
     )
     p.set_defaults(func=cmd_validate)
 

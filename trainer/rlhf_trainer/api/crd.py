@@ -92,7 +92,12 @@ def type_schema(annotation: Any) -> dict[str, Any]:
     args = typing.get_args(annotation)
     if origin is typing.Annotated:
         schema = type_schema(args[0])
-        metadata = [part for item in args[1:] for part in (item.metadata if isinstance(item, FieldInfo) else [item])]
+        metadata = [
+            part
+            for item in args[1:]
+            if not _is_python_validator(item)
+            for part in (item.metadata if isinstance(item, FieldInfo) else [item])
+        ]
         _apply_constraints(schema, metadata)
         return schema
     if origin in (typing.Union, types.UnionType):
@@ -121,6 +126,12 @@ def type_schema(annotation: Any) -> dict[str, Any]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return model_schema(annotation)
     raise SchemaError(f"unsupported type {annotation}")
+
+
+def _is_python_validator(item: Any) -> bool:
+    """Pydantic's After/Before/Wrap/PlainValidator: checks in Python that a CEL rule or a
+    pattern next to them states for the API server; nothing of their own for the schema."""
+    return type(item).__module__ == "pydantic.functional_validators"
 
 
 def _apply_constraints(schema: dict[str, Any], metadata: list[Any]) -> None:

@@ -18,9 +18,13 @@ from .base import ApiModel, Rule
 from .kube import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
+    INT32_MAX,
+    LABEL_KEY,
     LABEL_VALUE,
-    QUALIFIED_NAME,
+    PATH_LENGTH,
+    AnnotationValue,
     EnvVar,
+    LabelValue,
     LocalObjectReference,
     ResourceRequirements,
     SecretKeySelector,
@@ -44,6 +48,16 @@ RESERVED_REWARD_NAMES: tuple[str, ...] = ("mean", "std", "min", "max", "total")
 
 _GROUP_CEL = "[" + ", ".join(f"'{name}'" for name in GROUP_ALGORITHMS) + "]"
 _RESERVED_CEL = "[" + ", ".join(f"'{name}'" for name in RESERVED_REWARD_NAMES) + "]"
+
+# A checkpoint volume mounted on these would hide what the pods need (the trainer config at /etc/rlhf).
+_FIXED_TREES = ("/etc/rlhf", "/dev", "/proc", "/sys")
+_FIXED_DIRS = ("/", "/etc", *_FIXED_TREES)
+_FIXED_DIRS_CEL = "[" + ", ".join(f"'{d}'" for d in _FIXED_DIRS) + "]"
+_FIXED_TREES_CEL = "[" + ", ".join(f"'{d}'" for d in _FIXED_TREES) + "]"
+
+
+def _fixed_mount(path: str) -> bool:
+    return path in _FIXED_DIRS or any(path.startswith(tree + "/") for tree in _FIXED_TREES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,9 +190,12 @@ class RoleSpec(ApiModel):
 
     model: str = Field(
         min_length=1,
+        max_length=PATH_LENGTH,
         description="HF model id, local path, or path on a mounted volume (e.g. /models/qwen2.5-7b).",
     )
-    tokenizer: str | None = Field(default=None, description="Tokenizer path or id. Unset: the model's own.")
+    tokenizer: str | None = Field(
+        default=None, max_length=PATH_LENGTH, description="Tokenizer path or id. Unset: the model's own."
+    )
     gpus: int = Field(default=1, ge=0, le=4096, description="GPUs for this role in total. 0 runs it on CPU.")
     nodes: int = Field(default=1, ge=1, le=512, description="Nodes the role's GPUs are spread over.")
     zero_stage: int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage 0-3.")
@@ -222,6 +239,44 @@ class RoleSpec(ApiModel):
     )
 
 
+# A URL that carries a credential (user:password@host, or a token-looking query parameter) would be
+# copied into the ConfigMap, the RayJob and logs: credentials go in `auth` (a Secret reference).
+URL_USERINFO = r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
+URL_SECRET_QUERY = (
+    r"[?&](?i:access_token|token|id_token|api_key|apikey|api-key|key|password|passwd|pwd|secret|"
+    r"client_secret|auth|authorization|sig|signature|x-amz-signature|x-goog-signature|credential)="
+)
+HTTP_HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+
+
+def reward_auth_env(index: int) -> str:
+    """The env var that carries reward entry `index`'s credential into the pods (from its Secret)."""
+    return f"RLHF_REWARD_AUTH_{index}"
+
+
+class RewardAuth(ApiModel):
+    """A credential the remote reward sends as a request header, read from a Secret."""
+
+    secret_key_ref: SecretKeySelector = Field(
+        description="Secret key holding the credential. The operator hands it to the pods as an env var "
+        "(RLHF_REWARD_AUTH_<index>); it never enters the ConfigMap, the RayJob or logs."
+    )
+    header: str = Field(
+        default="Authorization",
+        min_length=1,
+        max_length=128,
+        pattern=HTTP_HEADER_NAME,
+        description="Request header that carries it.",
+    )
+    scheme: str = Field(
+        default="Bearer",
+        max_length=64,
+        pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$",
+        description="Prefix of the header value (`Bearer` sends `Authorization: Bearer <secret>`); \"\" sends "
+        "the secret alone.",
+    )
+
+
 class RewardSource(ApiModel):
     """One reward: exactly one of a reward model, a remote HTTP endpoint, or a Python function."""
 
@@ -234,6 +289,7 @@ class RewardSource(ApiModel):
     model: str | None = Field(
         default=None,
         min_length=1,
+        max_length=PATH_LENGTH,
         description="Reward model path/id (AutoModelForSequenceClassification, scored at the last token).",
     )
     gpus: int | None = Field(
@@ -250,6 +306,7 @@ class RewardSource(ApiModel):
     url: str | None = Field(
         default=None,
         pattern=r"^https?://",
+        max_length=2048,
         description="Remote reward endpoint: POST {prompts, completions, labels} -> {rewards: [float]}.",
     )
     timeout_seconds: float | None = Field(
@@ -258,9 +315,13 @@ class RewardSource(ApiModel):
     retries: int | None = Field(
         default=None, ge=0, le=20, description="Retries of a remote reward (3 when unset)."
     )
+    auth: RewardAuth | None = Field(
+        default=None, description="A credential for the remote reward, from a Secret (url rewards only)."
+    )
     function: str | None = Field(
         default=None,
         pattern=PYTHON_CALLABLE,
+        max_length=256,
         description="Python reward `module.path:callable(prompts, completions, labels) -> list[float]`.",
     )
     weight: float = Field(default=1.0, description="Weight of this source in the summed reward.")
@@ -289,6 +350,19 @@ class RewardSource(ApiModel):
             message="timeoutSeconds and retries apply to a url reward only",
             field="url",
             check=lambda r: (r.timeout_seconds is None and r.retries is None) or r.url is not None,
+        ),
+        Rule(
+            cel="!has(self.auth) || has(self.url)",
+            message="auth applies to a url reward only",
+            field="auth",
+            check=lambda r: r.auth is None or r.url is not None,
+        ),
+        Rule(
+            cel=f"!has(self.url) || !(self.url.matches('{URL_USERINFO}') || self.url.matches('{URL_SECRET_QUERY}'))",
+            message="carries a credential (user:password@ or a token query parameter): put it in a Secret "
+            "and reference it with auth.secretKeyRef",
+            field="url",
+            check=lambda r: r.url is None or not (re.search(URL_USERINFO, r.url) or re.search(URL_SECRET_QUERY, r.url)),
         ),
     )
 
@@ -443,23 +517,32 @@ class PromptSource(ApiModel):
     path: str | None = Field(
         default=None,
         min_length=1,
+        max_length=PATH_LENGTH,
         description="Local or volume path of a .jsonl/.json/.parquet file or directory.",
     )
     dataset: str | None = Field(
-        default=None, min_length=1, description="HF dataset name (only where the cluster can reach a hub)."
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="HF dataset name (only where the cluster can reach a hub).",
     )
-    split: str = Field(default="train", min_length=1, description="Dataset split.")
-    input_key: str = Field(default="prompt", min_length=1, description="Column holding the prompt text.")
+    split: str = Field(default="train", min_length=1, max_length=128, description="Dataset split.")
+    input_key: str = Field(
+        default="prompt", min_length=1, max_length=256, description="Column holding the prompt text."
+    )
     label_key: str | None = Field(
-        default=None, min_length=1, description="Column holding the label passed to reward functions."
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Column holding the label passed to reward functions.",
     )
     chat_template: bool = Field(
         default=False, description="Wrap the prompt with the tokenizer's chat template."
     )
     input_template: str | None = Field(
-        default=None, description="Format string applied to the prompt; must contain {input}."
+        default=None, max_length=8192, description="Format string applied to the prompt; must contain {input}."
     )
-    max_samples: int | None = Field(default=None, ge=1, description="Use at most this many rows.")
+    max_samples: int | None = Field(default=None, ge=1, le=INT32_MAX, description="Use at most this many rows.")
 
     rules = (
         Rule(
@@ -497,11 +580,13 @@ class TrainingSpec(ApiModel):
     rollout_batch_size: int = Field(
         default=DEFAULT_ROLLOUT_BATCH_SIZE,
         ge=1,
+        le=1_000_000,
         description=f"Prompts per rollout (one RL step). Default {DEFAULT_ROLLOUT_BATCH_SIZE}.",
     )
     train_batch_size: int = Field(
         default=DEFAULT_TRAIN_BATCH_SIZE,
         ge=1,
+        le=1_000_000,
         description="Samples (completions) per optimizer step, over all data-parallel workers. One step "
         "makes rolloutBatchSize x samplesPerPrompt / trainBatchSize x epochs optimizer steps; it must divide "
         f"rolloutBatchSize x samplesPerPrompt. Default {DEFAULT_TRAIN_BATCH_SIZE}.",
@@ -509,12 +594,13 @@ class TrainingSpec(ApiModel):
     micro_batch_size: int = Field(
         default=DEFAULT_MICRO_BATCH_SIZE,
         ge=1,
+        le=1_000_000,
         description="Samples per forward/backward pass on one worker; gradients accumulate up to "
         "trainBatchSize, so microBatchSize x the role's GPUs (its data-parallel workers) must divide "
         f"trainBatchSize. Default {DEFAULT_MICRO_BATCH_SIZE}.",
     )
     max_steps: int = Field(
-        default=DEFAULT_MAX_STEPS, ge=1, description=f"RL steps (rollouts) to run. Default {DEFAULT_MAX_STEPS}."
+        default=DEFAULT_MAX_STEPS, ge=1, le=INT32_MAX, description=f"RL steps (rollouts) to run. Default {DEFAULT_MAX_STEPS}."
     )
     actor_learning_rate: float = Field(default=1e-6, gt=0, description="Actor peak learning rate.")
     critic_learning_rate: float = Field(default=9e-6, gt=0, description="Critic peak learning rate.")
@@ -529,9 +615,9 @@ class TrainingSpec(ApiModel):
     )
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
-    seed: int = Field(default=42, ge=0, description="Seed of data order, sampling and initialisation.")
+    seed: int = Field(default=42, ge=0, le=INT32_MAX, description="Seed of data order, sampling and initialisation.")
     eval_every_steps: int = Field(
-        default=0, ge=0, description="Evaluate on data.eval every N steps (0: never). Needs data.eval."
+        default=0, ge=0, le=INT32_MAX, description="Evaluate on data.eval every N steps (0: never). Needs data.eval."
     )
 
     rules = (
@@ -545,21 +631,24 @@ class TrainingSpec(ApiModel):
 
 
 class GenerationSpec(ApiModel):
-    max_prompt_length: int = Field(default=1024, ge=1, description="Prompt tokens kept (left-truncated).")
-    max_new_tokens: int = Field(default=1024, ge=1, description="Most tokens generated per completion.")
+    max_prompt_length: int = Field(default=1024, ge=1, le=INT32_MAX, description="Prompt tokens kept (left-truncated).")
+    max_new_tokens: int = Field(default=1024, ge=1, le=INT32_MAX, description="Most tokens generated per completion.")
     temperature: float = Field(default=1.0, gt=0, le=10, description="Sampling temperature.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling probability mass.")
-    top_k: int = Field(default=0, ge=0, description="Top-k sampling (0: off).")
+    top_k: int = Field(default=0, ge=0, le=INT32_MAX, description="Top-k sampling (0: off).")
 
 
 class CheckpointSpec(ApiModel):
     path: str = Field(
-        min_length=1, description="Directory for checkpoints (on the checkpoint volume in a cluster)."
+        min_length=1,
+        max_length=PATH_LENGTH,
+        description="Directory for checkpoints (on the checkpoint volume in a cluster). In a cluster it may "
+        "not be /, /etc, nor under /etc/rlhf (the trainer config), /dev, /proc or /sys.",
     )
     volume: VolumeSource | None = Field(
         default=None, description="Volume mounted at path on every pod (shared, e.g. a ReadWriteMany PVC)."
     )
-    every_steps: int = Field(default=50, ge=1, description="Save every N steps (and always at the end).")
+    every_steps: int = Field(default=50, ge=1, le=INT32_MAX, description="Save every N steps (and always at the end).")
     keep: int = Field(default=3, ge=1, le=1000, description="Keep the last K checkpoints.")
     export_hf: bool = Field(
         default=True, alias="exportHF", description="Also write the actor in HF format (from_pretrained)."
@@ -567,7 +656,18 @@ class CheckpointSpec(ApiModel):
     resume: str = Field(
         default="auto",
         pattern=r"^(auto|never|/.*)$",
+        max_length=PATH_LENGTH,
         description="auto: continue from the latest checkpoint under path; never; or an absolute checkpoint path.",
+    )
+
+    rules = (
+        Rule(
+            cel=f"!(self.path in {_FIXED_DIRS_CEL} || {_FIXED_TREES_CEL}.exists(d, self.path.startsWith(d + '/')))",
+            message="collides with a directory the pods need (/, /etc, /etc/rlhf: the trainer config, "
+            "/dev, /dev/shm, /proc, /sys)",
+            field="path",
+            check=lambda c: not _fixed_mount(c.path),
+        ),
     )
 
 
@@ -600,28 +700,20 @@ class PodTemplateOverrides(ApiModel):
         description="Extra labels of every pod: Kubernetes label keys ([prefix/]name) and values "
         "(at most 63 characters: alphanumerics, '-', '_', '.').",
     )
-    annotations: dict[str, str] = Field(
+    annotations: dict[str, AnnotationValue] = Field(
         default_factory=dict, max_length=64, description="Extra annotations of every pod (label-key format keys)."
     )
 
     rules = (
-        Rule(
-            cel=f"self.labels.all(k, k.matches(r'{QUALIFIED_NAME}'))",
-            message="keys must be Kubernetes label keys ([prefix/]name)",
-            field="labels",
-            check=lambda t: all(_is_label(k) for k in t.labels),
-        ),
-        Rule(
-            cel=f"self.nodeSelector.all(k, k.matches(r'{QUALIFIED_NAME}'))",
-            message="keys must be Kubernetes label keys ([prefix/]name)",
-            field="nodeSelector",
-            check=lambda t: all(_is_label(k) for k in t.node_selector),
-        ),
-        Rule(
-            cel=f"self.annotations.all(k, k.matches(r'{QUALIFIED_NAME}'))",
-            message="keys must be Kubernetes annotation keys ([prefix/]name)",
-            field="annotations",
-            check=lambda t: all(_is_label(k) for k in t.annotations),
+        *(
+            Rule(
+                cel=f"self.{wire}.all(k, k.matches('{LABEL_KEY}'))",
+                message="keys must be Kubernetes label keys: [prefix/]name, name <= 63 characters of "
+                "[A-Za-z0-9-_.] starting and ending alphanumeric, prefix a DNS subdomain",
+                field=wire,
+                check=lambda t, attr=attr: all(re.match(LABEL_KEY, k) for k in getattr(t, attr)),
+            )
+            for wire, attr in (("labels", "labels"), ("annotations", "annotations"), ("nodeSelector", "node_selector"))
         ),
         Rule(
             cel="self.volumeMounts.all(m, self.volumes.exists(v, v.name == m.name))",
@@ -630,11 +722,6 @@ class PodTemplateOverrides(ApiModel):
             check=lambda t: all(any(v.name == m.name for v in t.volumes) for m in t.volume_mounts),
         ),
     )
-
-
-def _is_label(key: str) -> bool:
-    prefix, _, _ = key.rpartition("/")
-    return re.match(QUALIFIED_NAME, key) is not None and len(prefix) <= 253
 
 
 class HeadSpec(ApiModel):
@@ -657,9 +744,6 @@ class SecretRefs(ApiModel):
     hf_token: SecretKeySelector | None = Field(
         default=None, description="Secret key holding the HF token (HF_TOKEN)."
     )
-    wandb_api_key: SecretKeySelector | None = Field(
-        default=None, description="Secret key holding the W&B API key (WANDB_API_KEY)."
-    )
 
 
 class RLHFJobSpec(ApiModel):
@@ -676,7 +760,10 @@ class RLHFJobSpec(ApiModel):
         description="Checkpointing and resume. Unset: no checkpoints; restarts begin from scratch.",
     )
     image: str | None = Field(
-        default=None, min_length=1, description="Trainer image. Unset: the operator's default."
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="Trainer image. Unset: the operator's default (the platform policy lists the allowed ones).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         default=None, description="Image pull policy of every container."
@@ -697,16 +784,20 @@ class RLHFJobSpec(ApiModel):
         description="Restarts after failure, each resuming from the latest checkpoint.",
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Fail the job after this long."
+        default=None, ge=1, le=INT32_MAX, description="Fail the job after this long."
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the Ray cluster this long after the job finishes."
+        default=None, ge=0, le=INT32_MAX, description="Delete the Ray cluster this long after the job finishes."
     )
     queue_name: str | None = Field(
         default=None, pattern=DNS_LABEL, max_length=63, description="Kueue LocalQueue name."
     )
     priority_class_name: str | None = Field(
-        default=None, pattern=DNS_SUBDOMAIN, max_length=253, description="PriorityClass of the pods."
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="PriorityClass of the pods (the platform policy lists the allowed ones).",
     )
 
     rules = (
