@@ -4,7 +4,6 @@ apply or refuse spec edits, and stay idempotent across operator crashes."""
 from __future__ import annotations
 
 import copy
-import json
 from datetime import UTC, datetime
 
 import pytest
@@ -386,3 +385,120 @@ def test_an_unreadable_edit_of_a_running_job_is_refused_and_the_job_keeps_runnin
     refused = cond(result, "SpecChangeRefused")
     assert (refused["status"], refused["reason"]) == ("True", "InvalidSpec")
     assert "spec.models.actor.gpus: must be an integer" in refused["message"]
+
+
+def failed_attempt(first, reason="AppFailed", message="exit code 1"):
+    return with_status(
+        first.create_rayjob, jobStatus="FAILED", jobDeploymentStatus="Failed", reason=reason, message=message
+    )
+
+
+def test_a_permanent_trainer_failure_fails_the_job_with_backoff_left():
+    body = job_body(backoffLimit=3)
+    first = plan(body)
+    body = applied(body, first)
+    body["status"]["failure"] = {  # written by the trainer before it exited
+        "attempt": 0,
+        "permanent": True,
+        "reason": "PreflightFailed",
+        "message": "models.actor.model: /models/missing does not exist",
+    }
+    result = plan(body, [failed_attempt(first)])
+    assert result.create_rayjob is None and result.children == []
+    assert result.status["phase"] == "Failed"
+    assert result.status["message"] == "PreflightFailed: models.actor.model: /models/missing does not exist"
+    failed = cond(result, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "PreflightFailed")
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "Failed")]
+
+
+def test_a_retryable_trainer_failure_restarts_and_says_why():
+    body = job_body(backoffLimit=3)
+    first = plan(body)
+    body = applied(body, first)
+    body["status"]["failure"] = {"attempt": 0, "permanent": False, "reason": "RewardServerDown", "message": "503"}
+    result = plan(body, [failed_attempt(first)])
+    assert result.create_rayjob["metadata"]["name"] == "grpo-qwen-math-a1"
+    assert "RewardServerDown: 503" in result.status["message"]
+
+
+def test_a_failure_report_of_an_earlier_attempt_does_not_stop_a_later_one():
+    body = job_body(backoffLimit=3)
+    first = plan(body)
+    restart = plan(applied(body, first), [failed_attempt(first)])
+    body = applied(applied(body, first), restart)
+    body["status"]["failure"] = {"attempt": 0, "permanent": True, "reason": "PreflightFailed", "message": ""}
+    second = failed_attempt(restart, message="exit code 2")
+    again = plan(body, [failed_attempt(first), second])
+    assert again.create_rayjob["metadata"]["name"] == "grpo-qwen-math-a2"
+
+
+def test_status_events_render_nothing(monkeypatch):
+    body = job_body()
+    first = plan(body)
+    rayjob = with_status(first.create_rayjob, jobStatus="RUNNING", jobDeploymentStatus="Running")
+
+    def no_render(*_args, **_kwargs):
+        raise AssertionError("rendered on a status event")
+
+    monkeypatch.setattr("rlhf_operator.render.render_job_objects", no_render)
+    assert plan(applied(body, first), [rayjob]).status["phase"] == "Running"
+
+
+def test_renders_are_cached_per_generation_and_attempt(monkeypatch):
+    import rlhf_operator.render as render_module
+
+    calls = []
+    real = render_module.render_job_objects
+    monkeypatch.setattr(
+        "rlhf_operator.render.render_job_objects", lambda job, options: calls.append(1) or real(job, options)
+    )
+    cache = RenderCache()
+    body = job_body()
+    one, two = plan(body, cache=cache), plan(body, cache=cache)
+    assert len(calls) == 1 and one.create_rayjob is two.create_rayjob
+    plan(job_body(generation=2, backoffLimit=4), cache=cache)
+    assert len(calls) == 2
+
+
+def test_a_rayjob_with_the_jobs_label_but_not_its_owner_reference_is_not_adopted():
+    body = job_body()
+    foreign = copy.deepcopy(plan(body).create_rayjob)
+    del foreign["metadata"]["ownerReferences"]
+    result = plan(body, [with_status(foreign, jobStatus="SUCCEEDED", jobDeploymentStatus="Complete")])
+    assert result.create_rayjob is not None and result.status["phase"] == "Pending"
+
+
+def test_status_documents_are_valid_rlhfjob_status():
+    from rlhf_trainer.api.status import RLHFJobStatus
+
+    body = job_body(backoffLimit=1)
+    first = plan(body)
+    body = applied(body, first)
+    steps = [
+        [with_status(first.create_rayjob, jobStatus="RUNNING", jobDeploymentStatus="Running")],
+        [failed_attempt(first)],
+    ]
+    RLHFJobStatus.model_validate(body["status"])
+    for rayjobs in steps:
+        result = plan(body, rayjobs)
+        body = applied(body, result)
+        RLHFJobStatus.model_validate(body["status"])
+    invalid = job_body()
+    invalid["spec"]["models"]["actor"]["gpus"] = "four"
+    RLHFJobStatus.model_validate(applied(invalid, plan(invalid))["status"])
+
+
+def test_a_driver_log_in_the_rayjob_message_is_bounded_and_scrubbed():
+    body = job_body(backoffLimit=0)
+    first = plan(body)
+    log = "Traceback\n" + "x" * 20_000 + "\nrequests.post(headers={'Authorization': 'Bearer s3cr3t-value'})\n"
+    log += "HF_TOKEN=hf_abcdefghijklmnopqrstuvwxyz https://user:pw123@reward.example/score?token=abc123\n"
+    result = plan(applied(body, first), [failed_attempt(first, message=log)])
+    texts = [result.status["message"], *(c["message"] for c in result.status["conditions"])]
+    for text in texts:
+        assert len(text) <= 1100
+        for secret in ("s3cr3t-value", "hf_abcdefghij", "pw123", "abc123"):
+            assert secret not in text
+    assert "[redacted]" in result.status["message"]
+    assert all(len(e.message) <= 1100 for e in result.events)
