@@ -96,8 +96,6 @@ class Reconciler:
             plan = decisions.fail_job(body, "CreateRefused", message, datetime.now(UTC))
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        if plan.failed_permanently:
-            logger.warning("%s/%s: %s", namespace, name, plan.failed_permanently)
         updated = body
         if plan.status:
             updated = self.kube.patch_job_status(namespace, name, plan.status)
