@@ -181,7 +181,7 @@ def conditions(
             "type": cond.type,
             "status": cond.status,
             "reason": cond.reason,
-            "message": cond.message,
+            "message": clean_message(cond.message),
             "lastTransitionTime": now
             if changed or not old.get("lastTransitionTime")
             else old["lastTransitionTime"],
