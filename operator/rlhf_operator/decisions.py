@@ -74,11 +74,8 @@ class Settings:
     rayjob_managed_by: str | None = None
 
 
-class RenderCache:
-    """Parsed specs per (uid, generation) and rendered children per (uid, generation, attempt,
-    checkpoint): a spec cannot change without a new generation. Bounded, least recently used out."""
-
-    def __init__(self, size: int = 512):
+class _Lru:
+    def __init__(self, size: int):
         self.size = size
         self._entries: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 
@@ -93,6 +90,16 @@ class RenderCache:
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
         return value
+
+
+class RenderCache:
+    """Parsed specs per (uid, generation), needed on every event, and rendered children per (uid,
+    generation, attempt, checkpoint), needed when a RayJob is about to be made (the cache spares
+    re-rendering while its creation is retried). A spec cannot change without a new generation."""
+
+    def __init__(self, parsed: int = 1024, rendered: int = 64):
+        self.parsed = _Lru(parsed)
+        self.rendered = _Lru(rendered)
 
 
 @dataclass(frozen=True)
@@ -129,8 +136,8 @@ class Reconcile:
             return make()
         # The effective spec can differ from the generation's (a refused edit), hence its digest.
         spec = json.dumps(self.job.spec.to_wire(), sort_keys=True)
-        key = (self.uid, self.generation, "render", attempt, resume_from, self.settings, spec)
-        return self.cache.get(key, make)
+        key = (self.uid, self.generation, attempt, resume_from, self.settings, spec)
+        return self.cache.rendered.get(key, make)
 
 
 def plan_reconcile(
@@ -158,12 +165,13 @@ def plan_reconcile(
     basis = current if current is not None else by_attempt.get(attempt - 1)
     status = st.StatusContext(previous, st.rfc3339(now), generation, attempt)
 
-    def parse() -> tuple[RLHFJob | None, list[Any]]:
-        return _parse(metadata, body.get("spec"))
+    def parse() -> tuple[RLHFJob | None, list[Any], str | None]:
+        job, errors = _parse(metadata, body.get("spec"))
+        return job, errors, naming.spec_digest(job.spec.to_wire()) if job is not None else None
 
-    job, errors = cache.get((uid, generation, "parse"), parse) if cache is not None else parse()
+    job, errors, digest = cache.parsed.get((uid, generation), parse) if cache is not None else parse()
     recorded = None
-    if basis is not None and (job is None or _digest(basis) != naming.spec_digest(job.spec.to_wire())):
+    if basis is not None and (job is None or _digest(basis) != digest):
         recorded = read_recorded() if read_recorded is not None else None
     invalid_edit: list[str] = []
     if job is None and recorded is not None:
@@ -320,7 +328,9 @@ def _restart(ctx: Reconcile, state: st.AttemptState) -> Plan:
     following = ctx.attempt + 1
     children, rayjob = ctx.render(following, ctx.latest_checkpoint)
     name = rayjob["metadata"]["name"]
-    where = f"checkpoint {ctx.latest_checkpoint}" if ctx.latest_checkpoint else "the start (no checkpoint yet)"
+    where = (
+        f"checkpoint {ctx.latest_checkpoint}" if ctx.latest_checkpoint else "the start (no checkpoint yet)"
+    )
     message = (
         f"attempt {ctx.attempt} failed ({state.reason}: {state.message}); "
         f"attempt {following} of {ctx.job.spec.backoff_limit} restarts from {where}"

@@ -287,14 +287,22 @@ def live_status(
     if phase == "Retrying" and ctx.previous.get("phase") == "Retrying":
         message = ctx.previous.get("message") or message  # why it restarts, until the new attempt runs
     return _document(
-        ctx, phase=phase, attempt=ctx.attempt, ray_job=ref, conds=conds, message=message, start_time=start_time
+        ctx,
+        phase=phase,
+        attempt=ctx.attempt,
+        ray_job=ref,
+        conds=conds,
+        message=message,
+        start_time=start_time,
     )
 
 
 def retrying_status(ctx: StatusContext, ref: dict[str, Any], message: str) -> dict[str, Any]:
     """A new attempt was just decided; `ctx.attempt` is the new one."""
     message = clean_message(message)
-    state = AttemptState("Retrying", _cluster("False", "Retrying", message), _training("False", "Retrying", message))
+    state = AttemptState(
+        "Retrying", _cluster("False", "Retrying", message), _training("False", "Retrying", message)
+    )
     conds = _base_conditions(state, "Retrying", False)
     return _document(ctx, phase="Retrying", attempt=ctx.attempt, ray_job=ref, conds=conds, message=message)
 
@@ -332,7 +340,12 @@ def failed_status(ctx: StatusContext, reason: str, message: str) -> dict[str, An
         Cond(FAILED, "True", reason, message),
     ]
     return _document(
-        ctx, phase="Failed", conds=conds, message=f"{reason}: {message}", completion_time=ctx.clock, extra=False
+        ctx,
+        phase="Failed",
+        conds=conds,
+        message=f"{reason}: {message}",
+        completion_time=ctx.clock,
+        extra=False,
     )
 
 
@@ -365,7 +378,9 @@ def _base_conditions(state: AttemptState, phase: str, suspend_requested: bool) -
 
 
 # RLHFJobStatus attribute names of the operator-owned fields.
-_OPERATOR_ATTRS = {name for name, field in RLHFJobStatus.model_fields.items() if field.alias in OPERATOR_FIELDS}
+_OPERATOR_ATTRS = {
+    name for name, field in RLHFJobStatus.model_fields.items() if field.alias in OPERATOR_FIELDS
+}
 
 
 def _document(
