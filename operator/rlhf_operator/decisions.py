@@ -42,6 +42,7 @@ from rlhf_trainer.api.validation import validate_manifest
 from . import naming, render
 from . import status as st
 from .errors import RenderError
+from .messages import REASON_LIMIT, clean_message
 
 
 @dataclass(frozen=True)
@@ -248,8 +249,8 @@ def with_trainer_failure(state: st.AttemptState, failure: Any, attempt: int) -> 
     and message replace KubeRay's, and a permanent failure is never retried."""
     if not isinstance(failure, dict) or failure.get("attempt") != attempt:
         return state  # none, or the report of an earlier attempt
-    reason = st.clean_message(str(failure.get("reason") or ""), st.REASON_LIMIT) or state.reason
-    message = st.clean_message(str(failure.get("message") or "")) or state.message
+    reason = clean_message(str(failure.get("reason") or ""), REASON_LIMIT) or state.reason
+    message = clean_message(str(failure.get("message") or "")) or state.message
     retryable = state.retryable and failure.get("permanent") is not True
     return dataclasses.replace(state, reason=reason, message=message, retryable=retryable)
 
@@ -306,7 +307,7 @@ def backoff_allows(attempt: int, backoff_limit: int, retryable: bool) -> bool:
 
 def fail(status: st.StatusContext, reason: str, message: str) -> Plan:
     """The job cannot run and no retry can fix it: Failed, one Warning event, kopf stops retrying."""
-    message = st.clean_message(message)
+    message = clean_message(message)
     desired = st.failed_status(status, reason, message)
     plan = _finish(Plan(), status.previous, desired, "Failed", f"{reason}: {message}")
     plan.failed_permanently = f"{reason}: {message}"

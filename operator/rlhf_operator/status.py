@@ -8,18 +8,19 @@ training, and `Succeeded`/`Failed` appear when the job ends. `attempt_state` is 
 
 The status documents (`live_status`, `ended_status`, `failed_status`) are built from the
 `api/status.py` models, so what the operator writes is what the CRD declares. Every message is
-bounded and scrubbed of anything that looks like a credential (`clean_message`): KubeRay copies the
-driver's log into the RayJob's message, and a log can hold tokens.
+bounded and scrubbed of anything that looks like a credential (`messages.clean_message`): KubeRay
+copies the driver's log into the RayJob's message, and a log can hold tokens.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from rlhf_trainer.api.status import OPERATOR_FIELDS, RLHFJobStatus
+
+from .messages import REASON_LIMIT, clean_message
 
 CLUSTER_READY = "RayClusterReady"
 RUNNING = "Running"
@@ -210,52 +211,6 @@ def status_patch(previous: dict[str, Any], desired: dict[str, Any]) -> dict[str,
 
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# --------------------------------------------------------------------------------------------
-# messages
-
-MESSAGE_LIMIT = 1024
-REASON_LIMIT = 64
-REDACTED = "[redacted]"
-# What a credential looks like in a log line or an error message. The value is replaced, the key
-# kept, so the message still says what was there.
-_SECRETS = (
-    # Authorization: Bearer abc / Proxy-Authorization: Basic abc / "authorization": "token abc"
-    re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(?:(?:bearer|basic|token)\s+)?[^\s\"',;]+"),
-    re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+"),
-    # token=abc, api_key: abc, "password": "abc", HF_TOKEN=abc, X-Api-Key: abc
-    re.compile(
-        r"(?i)([\w.-]{0,64}(?:token|secret|password|passwd|api[_-]?key|apikey|access[_-]?key|credential)s?"
-        r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"
-    ),
-    # user:password@ in a URL
-    re.compile(r"(://[^/@\s:]+:)[^/@\s]+(@)"),
-)
-# Well-known token shapes, wherever they appear: Hugging Face, OpenAI-style, GitHub, JWTs.
-_TOKEN_SHAPES = re.compile(
-    r"\b(?:hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}"
-    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+)"
-)
-
-
-def clean_message(text: str | None, limit: int = MESSAGE_LIMIT) -> str:
-    """`text` without credential values, at most `limit` characters (head and tail kept)."""
-    if not text:
-        return ""
-    if len(text) > 4 * limit:
-        # Scrub only what can be kept (regexes over a 20 KB log cost): the output below comes from
-        # well inside these two windows, so a token the cut splits never reaches it.
-        text = text[: 2 * limit] + "\n" + text[-2 * limit :]
-    for pattern in _SECRETS:
-        text = pattern.sub(lambda m: m.group(1) + REDACTED + (m.group(2) if m.re.groups > 1 else ""), text)
-    text = _TOKEN_SHAPES.sub(REDACTED, text)
-    if len(text) <= limit:
-        return text
-    # A driver log's cause is at its end, the summary at its start: keep both.
-    head = limit // 4
-    marker = " ... "
-    return text[:head] + marker + text[len(text) - (limit - head - len(marker)) :]
 
 
 # --------------------------------------------------------------------------------------------
