@@ -74,3 +74,19 @@ def test_server_defaults_do_not_count_as_drift_and_created_only_kinds_are_never_
     assert sync_patch("Role", {"rules": []}, {"rules": [{"verbs": ["get"]}]}) == {
         "rules": [{"verbs": ["get"]}]
     }
+
+
+@pytest.mark.parametrize("namespace", ["kube-system", "kube-public", "kube-node-lease"])
+def test_jobs_in_system_namespaces_are_not_reconciled(namespace):
+    import asyncio
+
+    from rlhf_operator.decisions import Settings
+    from rlhf_operator.metrics import OperatorMetrics
+    from rlhf_operator.reconciler import Reconciler
+
+    class NoCalls:
+        def __getattr__(self, name):
+            raise AssertionError(f"the operator called the API ({name}) for a job in {namespace}")
+
+    reconciler = Reconciler(NoCalls(), Settings(default_image="img"), OperatorMetrics())
+    assert asyncio.run(reconciler.reconcile(namespace, "job", handler="create")) is None
