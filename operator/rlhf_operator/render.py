@@ -19,7 +19,6 @@ controller owner reference to it, so deleting the job cascades through the garba
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,7 +173,7 @@ def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
     metadata["labels"][naming.LABEL_ATTEMPT] = str(options.attempt)
     if spec.queue_name:
         metadata["labels"][naming.LABEL_QUEUE] = spec.queue_name
-    metadata["annotations"] = {naming.ANNOTATION_SPEC: spec_annotation(spec)}
+    metadata["annotations"] = {naming.ANNOTATION_SPEC_DIGEST: naming.spec_digest(spec.to_wire())}
     rayjob_spec: dict[str, Any] = {
         "entrypoint": ENTRYPOINT,
         "submissionMode": "K8sJobMode",
@@ -206,10 +205,6 @@ def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
         "workerGroupSpecs": [_worker_group(job, options, group) for group in layout.groups],
     }
     return {"apiVersion": naming.RAY_API_VERSION, "kind": "RayJob", "metadata": metadata, "spec": rayjob_spec}
-
-
-def spec_annotation(spec: RLHFJobSpec) -> str:
-    return json.dumps(spec.to_wire(), separators=(",", ":"), sort_keys=True)
 
 
 # --------------------------------------------------------------------------------------------

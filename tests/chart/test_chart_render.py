@@ -40,10 +40,14 @@ def test_default_rendering_has_no_object_that_needs_monitoring_crds(helm_home: P
         ("Pod", "rlhf-rlhf-operator-test-metrics"),
         ("Service", "rlhf-rlhf-operator-metrics"),
         ("ServiceAccount", "rlhf-rlhf-operator"),
+        ("ValidatingAdmissionPolicy", "rlhf-rlhf-operator-system-namespaces"),
+        ("ValidatingAdmissionPolicy", "rlhf-rlhf-operator-trainer-status"),
+        ("ValidatingAdmissionPolicyBinding", "rlhf-rlhf-operator-system-namespaces"),
+        ("ValidatingAdmissionPolicyBinding", "rlhf-rlhf-operator-trainer-status"),
     ]
     for obj in objects:
         assert obj["metadata"]["labels"]["helm.sh/chart"] == CHART_VERSION_LABEL
-        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if not obj["kind"].startswith(("ClusterRole", "ValidatingAdmissionPolicy")):
             assert obj["metadata"]["namespace"] == "rlhf-system", obj["kind"]
 
 
@@ -66,6 +70,7 @@ def test_switches_off_remove_their_objects(helm_home: Path) -> None:
             "grafanaDashboard.enabled": "false",
             "tests.enabled": "false",
             "rbac.create": "false",
+            "admissionPolicies.enabled": "false",
             "serviceAccount.create": "false",
             "serviceAccount.name": "ops-team-sa",
         },
@@ -191,6 +196,8 @@ def test_name_overrides_rename_every_object(helm_home: Path) -> None:
         "rlhf-ops-dashboard",
         "rlhf-ops-policy",
         "rlhf-ops-test-metrics",
+        "rlhf-ops-system-namespaces",
+        "rlhf-ops-trainer-status",
     }
 
 

@@ -8,7 +8,9 @@ import pytest
 import yaml
 from operator_helpers import UID, example_job, job_from, with_spec
 
+from rlhf_operator.decisions import recorded_spec
 from rlhf_operator.errors import RenderError
+from rlhf_operator.naming import spec_digest
 from rlhf_operator.policy import Policy
 from rlhf_operator.render import RenderOptions, render_job_objects
 from rlhf_trainer.api.job import TrainerConfig
@@ -286,7 +288,10 @@ def test_trainer_config_map_holds_the_trainer_config_for_the_attempt():
     rayjob = by_kind(objects)["RayJob"]
     assert rayjob["metadata"]["name"] == "ppo-llama3-8b-a2"
     assert rayjob["metadata"]["labels"]["rlhf.io/attempt"] == "2"
-    assert json.loads(rayjob["metadata"]["annotations"]["rlhf.io/spec"]) == job.spec.to_wire()
+    # The RayJob carries the spec's digest (not the spec: annotations are capped at 256 KiB); the
+    # spec itself is read back from the ConfigMap.
+    assert rayjob["metadata"]["annotations"] == {"rlhf.io/spec-sha256": spec_digest(job.spec.to_wire())}
+    assert recorded_spec(config_map) == job.spec.to_wire()
 
 
 def test_trainer_rbac_allows_only_get_and_patch_of_this_jobs_status():

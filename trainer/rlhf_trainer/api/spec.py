@@ -10,7 +10,7 @@ generates rolloutBatchSize x samplesPerPrompt samples and makes
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -20,7 +20,6 @@ from .kube import (
     DNS_SUBDOMAIN,
     INT32_MAX,
     LABEL_KEY,
-    LABEL_VALUE,
     PATH_LENGTH,
     AnnotationValue,
     EnvVar,
@@ -39,8 +38,6 @@ ALGORITHMS: tuple[str, ...] = AlgorithmName.__args__  # type: ignore[attr-define
 # Estimators whose baseline comes from the other samples of the same prompt: no critic, n >= 2.
 GROUP_ALGORITHMS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "grpovi")
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-# A label value (pod labels, node selectors): <= 63 characters of alphanumerics, '-', '_', '.'.
-LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
 PYTHON_CALLABLE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
 # reward/mean, reward/std, ... are the combined reward: a source with one of these names would overwrite them.
