@@ -6,7 +6,9 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from ..api.status import TRAINER_FIELDS, CheckpointRef, Progress
+from ..api.status import TRAINER_FIELDS, CheckpointRef, Progress, TrainerFailure
+
+MAX_FAILURE_MESSAGE = 1024
 
 
 def rfc3339(timestamp: float) -> str:
@@ -76,3 +78,11 @@ def should_push(now: float, last_push: float | None, min_interval_s: float, forc
     """Throttle of the Kubernetes sink: at most one patch per `min_interval_s`, except forced
     pushes (final step, checkpoint, close) and the first."""
     return force or last_push is None or now - last_push >= min_interval_s
+
+
+def failure_entry(attempt: int, permanent: bool, reason: str, message: str) -> dict[str, Any]:
+    """status.failure: what the trainer stopped on. `permanent` tells the operator that no
+    restart can fix it. The message is cut to the field's bound, keeping its start."""
+    if len(message) > MAX_FAILURE_MESSAGE:
+        message = message[: MAX_FAILURE_MESSAGE - 3] + "..."
+    return TrainerFailure(attempt=attempt, permanent=permanent, reason=reason, message=message).to_wire()
