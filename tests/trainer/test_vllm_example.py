@@ -49,7 +49,8 @@ def processes_with(marker: str) -> list[str]:
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes()
             if needle in environ.split(b"\0"):
-                found.append(f"{pid} {Path(f'/proc/{pid}/cmdline').read_bytes().replace(b'\0', b' ')[:120]!r}")
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120]
+                found.append(f"{pid} {command!r}")
         except OSError:
             continue
     return found

@@ -69,7 +69,8 @@ def truncated_importance_weights(
     truncated = raw.clamp(max=cap)
     valid = raw[mask]
     metrics = {
-        "rollout/mismatch_kl": masked_mean(raw - 1.0 - log_w, mask),
+        # w - 1 - log w >= 0; clamped since rounding makes it a hair negative where w ~ 1.
+        "rollout/mismatch_kl": masked_mean((raw - 1.0 - log_w).clamp_min(0.0), mask),
         "rollout/is_weight_mean": masked_mean(raw, mask),
         "rollout/is_weight_max": valid.max() if valid.numel() else raw.new_ones(()),
         "rollout/is_truncated_frac": masked_mean((raw > cap).float(), mask),
