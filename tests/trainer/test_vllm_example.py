@@ -108,10 +108,13 @@ def test_vllm_example_learns_and_leaves_nothing_behind(demo_assets: dict, tmp_pa
 
 def test_a_failing_vllm_job_leaves_nothing_behind(demo_assets: dict, tiny_rewards: str, tmp_path: Path) -> None:
     """The reward function raises in step 2: the run ends with exit code 1, a failure in the
-    status that a restart may fix (not permanent), and its engines stopped."""
+    status that a restart may fix (not permanent), and its engines stopped. The engine is
+    colocated with the actor (colocate.all), which on CPU shares the actor's bundle and stays
+    resident (no sleep mode): step 1 still generates, trains and syncs."""
     doc = manifest(demo_assets["model"], demo_assets["prompts"], "grpo", {
         "models": {"rollout": {"engine": "vllm", "engines": 1, "enforceEager": True},
-                   "reward": [{"function": "tiny_rewards:crash_after"}]},
+                   "reward": [{"function": "tiny_rewards:crash_after"}],
+                   "colocate": {"all": True}},
         "training": {"maxSteps": 3},
     })
     shm_before = set(os.listdir("/dev/shm"))
@@ -119,6 +122,8 @@ def test_a_failing_vllm_job_leaves_nothing_behind(demo_assets: dict, tiny_reward
     proc, marker = run_cli(doc, tmp_path, env)
     assert proc.returncode == 1, proc.stderr[-4000:]
     assert "simulated crash" in proc.stderr
+    (step1,) = metrics(tmp_path / "out")
+    assert step1["perf/weight_sync_bytes"] > 0 and "rollout/mismatch_kl" in step1
     failure = json.loads((tmp_path / "out" / "status.json").read_text())["failure"]
     assert failure["permanent"] is False and failure["reason"] == "TrainingFailed"
     assert "simulated crash" in failure["message"]
