@@ -29,14 +29,20 @@ EXAMPLE = ROOT / "examples" / "tiny-grpo-vllm-cpu.yaml"
 MARKER = "RLHF_TEST_RUN_MARKER"
 
 
-def run_cli(doc: dict, tmp_path: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, str]:
+def run_cli(
+    doc: dict, tmp_path: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess, str]:
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(doc))
     marker = uuid.uuid4().hex
     env = {**os.environ, MARKER: marker, **(extra_env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "rlhf_trainer.cli", "run", str(path), "--output", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=1200, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+        cwd=tmp_path,
     )
     return proc, marker
 
@@ -106,19 +112,31 @@ def test_vllm_example_learns_and_leaves_nothing_behind(demo_assets: dict, tmp_pa
     assert_nothing_left(marker, shm_before)
 
 
-def test_a_failing_vllm_job_leaves_nothing_behind(demo_assets: dict, tiny_rewards: str, tmp_path: Path) -> None:
+def test_a_failing_vllm_job_leaves_nothing_behind(
+    demo_assets: dict, tiny_rewards: str, tmp_path: Path
+) -> None:
     """The reward function raises in step 2: the run ends with exit code 1, a failure in the
     status that a restart may fix (not permanent), and its engines stopped. The engine is
     colocated with the actor (colocate.all), which on CPU shares the actor's bundle and stays
     resident (no sleep mode): step 1 still generates, trains and syncs."""
-    doc = manifest(demo_assets["model"], demo_assets["prompts"], "grpo", {
-        "models": {"rollout": {"engine": "vllm", "engines": 1, "enforceEager": True},
-                   "reward": [{"function": "tiny_rewards:crash_after"}],
-                   "colocate": {"all": True}},
-        "training": {"maxSteps": 3},
-    })
+    doc = manifest(
+        demo_assets["model"],
+        demo_assets["prompts"],
+        "grpo",
+        {
+            "models": {
+                "rollout": {"engine": "vllm", "engines": 1, "enforceEager": True},
+                "reward": [{"function": "tiny_rewards:crash_after"}],
+                "colocate": {"all": True},
+            },
+            "training": {"maxSteps": 3},
+        },
+    )
     shm_before = set(os.listdir("/dev/shm"))
-    env = {"TINY_REWARD_CRASH_AT": "2", "PYTHONPATH": os.pathsep.join([tiny_rewards, os.environ.get("PYTHONPATH", "")])}
+    env = {
+        "TINY_REWARD_CRASH_AT": "2",
+        "PYTHONPATH": os.pathsep.join([tiny_rewards, os.environ.get("PYTHONPATH", "")]),
+    }
     proc, marker = run_cli(doc, tmp_path, env)
     assert proc.returncode == 1, proc.stderr[-4000:]
     assert "simulated crash" in proc.stderr

@@ -65,11 +65,21 @@ def setup(demo_assets: dict, tiny_rewards: str, ray_cluster: None) -> Iterator[S
     from rlhf_trainer.topology import start_roles
     from rlhf_trainer.weight_sync import EngineWeightSync
 
-    doc = manifest(demo_assets["model"], demo_assets["prompts"], "grpo", {
-        "models": {"rollout": {"engine": "vllm", "engines": 2, "enforceEager": True}},
-        "training": {"rolloutBatchSize": 4, "trainBatchSize": 8, "microBatchSize": 8, "actorLearningRate": 5e-2},
-        "generation": {"maxNewTokens": 6, "temperature": 1.0},
-    })
+    doc = manifest(
+        demo_assets["model"],
+        demo_assets["prompts"],
+        "grpo",
+        {
+            "models": {"rollout": {"engine": "vllm", "engines": 2, "enforceEager": True}},
+            "training": {
+                "rolloutBatchSize": 4,
+                "trainBatchSize": 8,
+                "microBatchSize": 8,
+                "actorLearningRate": 5e-2,
+            },
+            "generation": {"maxNewTokens": 6, "temperature": 1.0},
+        },
+    )
     job, errors = validate_manifest(doc)
     assert not errors, errors
     spec = absolute_paths(job.spec)
@@ -98,7 +108,9 @@ def test_after_an_update_every_engine_scores_like_the_new_actor(setup: Setup) ->
     before = setup.actor_logprobs()
     metrics = setup.train_once()
     after = setup.actor_logprobs()
-    assert (after - before).abs().max().item() > 0.05, "the update must move the policy for this test to mean anything"
+    assert (after - before).abs().max().item() > 0.05, (
+        "the update must move the policy for this test to mean anything"
+    )
     assert "rollout/mismatch_kl" in metrics and metrics["rollout/is_weight_max"] < 1.01
 
     stale = setup.engine_logprobs()

@@ -34,8 +34,9 @@ def workers_per_engine(spec: RLHFJobSpec) -> int:
 class EngineWeightSync:
     """`open()` once after the roles start, `push()` after every actor update."""
 
-    def __init__(self, spec: RLHFJobSpec, roles: Roles, backend: Backend,
-                 bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+    def __init__(
+        self, spec: RLHFJobSpec, roles: Roles, backend: Backend, bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    ) -> None:
         if roles.rollout is None:
             raise ValueError("weight sync needs rollout engines")
         self.spec = spec
@@ -57,15 +58,23 @@ class EngineWeightSync:
         world_size = 1 + rollout.size * per_engine
         backend = sync_backend(self.spec)
         # Every member blocks until all have joined: submit every side before waiting.
-        pending = self.roles.actor.call("open_weight_sync", host, port, world_size, backend, self.bucket_bytes)
+        pending = self.roles.actor.call(
+            "open_weight_sync", host, port, world_size, backend, self.bucket_bytes
+        )
         pending += rollout.call_each(
             "open_weight_sync",
             [(host, port, 1 + i * per_engine, world_size, backend, buckets) for i in range(rollout.size)],
         )
         self.backend.get(pending)
         total = sum(m.nbytes for bucket in buckets for m in bucket)
-        log.info("weight sync: %s group of %d (actor rank 0 + %d engine worker(s)), %d bucket(s), %.1f MB",
-                 backend, world_size, world_size - 1, len(buckets), total / 1e6)
+        log.info(
+            "weight sync: %s group of %d (actor rank 0 + %d engine worker(s)), %d bucket(s), %.1f MB",
+            backend,
+            world_size,
+            world_size - 1,
+            len(buckets),
+            total / 1e6,
+        )
 
     def push(self) -> int:
         """Send the actor's weights to every engine; returns the bytes the actor's rank 0 sent

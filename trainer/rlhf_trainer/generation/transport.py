@@ -52,10 +52,14 @@ class TensorMeta:
 
 def tensor_meta(name: str, tensor: torch.Tensor, shape: tuple[int, ...] | None = None) -> TensorMeta:
     """`shape`: the full shape when `tensor` is a ZeRO-3 partition (its ds_shape)."""
-    return TensorMeta(name, tuple(shape if shape is not None else tensor.shape), str(tensor.dtype).removeprefix("torch."))
+    return TensorMeta(
+        name, tuple(shape if shape is not None else tensor.shape), str(tensor.dtype).removeprefix("torch.")
+    )
 
 
-def plan_buckets(metas: Iterable[TensorMeta], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> list[list[TensorMeta]]:
+def plan_buckets(
+    metas: Iterable[TensorMeta], bucket_bytes: int = DEFAULT_BUCKET_BYTES
+) -> list[list[TensorMeta]]:
     """Consecutive tensors grouped into buckets of one dtype and at most `bucket_bytes` (a tensor
     larger than that gets a bucket of its own)."""
     if bucket_bytes <= 0:
@@ -76,8 +80,9 @@ def plan_buckets(metas: Iterable[TensorMeta], bucket_bytes: int = DEFAULT_BUCKET
 class WeightGroup:
     """A process group of its own: rank 0 the sender, ranks 1.. the receivers."""
 
-    def __init__(self, host: str, port: int, rank: int, world_size: int, backend: str,
-                 timeout_s: float = TIMEOUT_S) -> None:
+    def __init__(
+        self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float = TIMEOUT_S
+    ) -> None:
         import torch.distributed as dist
 
         if backend not in ("gloo", "nccl"):
@@ -86,7 +91,9 @@ class WeightGroup:
         self.rank = rank
         self.world_size = world_size
         self.backend = backend
-        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        )
         # Rank 0 serves the store; the others connect to it, retrying until the timeout.
         self._store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
         store = dist.PrefixStore(STORE_PREFIX, self._store)
@@ -121,8 +128,12 @@ def send_bucket(group: WeightGroup, bucket: list[TensorMeta], tensors: list[torc
     for meta, tensor in zip(bucket, tensors, strict=True):
         if tuple(tensor.shape) != meta.shape:
             raise ValueError(f"{meta.name}: shape {tuple(tensor.shape)}, the manifest says {meta.shape}")
-    flat = torch.cat([t.detach().reshape(-1).to(group.device, meta.torch_dtype)
-                      for t, meta in zip(tensors, bucket, strict=True)])
+    flat = torch.cat(
+        [
+            t.detach().reshape(-1).to(group.device, meta.torch_dtype)
+            for t, meta in zip(tensors, bucket, strict=True)
+        ]
+    )
     group.broadcast(flat)
     return flat.numel() * flat.element_size()
 

@@ -63,8 +63,16 @@ def kv_cache_bytes(model_config: Any, sequences: int, max_model_len: int, dtype:
 class VLLMGenerationEngine:
     """`generate` per rollout; `open_weight_group` once and `receive_weights` after each update."""
 
-    def __init__(self, spec: RLHFJobSpec, replica: int, use_gpu: bool, eos_ids: list[int], pad_id: int,
-                 colocated: bool, sequences_per_call: int) -> None:
+    def __init__(
+        self,
+        spec: RLHFJobSpec,
+        replica: int,
+        use_gpu: bool,
+        eos_ids: list[int],
+        pad_id: int,
+        colocated: bool,
+        sequences_per_call: int,
+    ) -> None:
         # In-process engine core: starts in seconds rather than tens of seconds, no engine-core
         # child process or shared-memory queues to leak, direct access to the worker.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -134,7 +142,9 @@ class VLLMGenerationEngine:
 
     def _ready_to_generate(self) -> None:
         if self._weights_dropped:
-            raise RuntimeError("the engine slept without receiving new weights since (sleep, then a weight sync)")
+            raise RuntimeError(
+                "the engine slept without receiving new weights since (sleep, then a weight sync)"
+            )
         self._wake(("weights", "kv_cache"))
 
     def generate(self, prompts: list[list[int]]) -> GenerationOutput:
@@ -143,8 +153,9 @@ class VLLMGenerationEngine:
         self._ready_to_generate()
         ids, mask = left_pad(prompts, self.pad_id, self.generation.max_prompt_length)
         kept = [p[-self.generation.max_prompt_length :] for p in prompts]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in kept], self._sampling_params(),
-                                    use_tqdm=False)
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in kept], self._sampling_params(), use_tqdm=False
+        )
         completions = [o.outputs[0] for o in outputs]
         width = max(1, max(len(c.token_ids) for c in completions))
         responses = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -172,9 +183,12 @@ class VLLMGenerationEngine:
         from vllm.inputs import TokensPrompt
 
         self._ready_to_generate()
-        params = self._sampling_params(temperature=1.0, top_p=1.0, top_k=0, max_tokens=1, logprobs=None,
-                                       prompt_logprobs=0)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
+        params = self._sampling_params(
+            temperature=1.0, top_p=1.0, top_k=0, max_tokens=1, logprobs=None, prompt_logprobs=0
+        )
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False
+        )
         return [
             [float(step[token].logprob) for step, token in zip(o.prompt_logprobs[1:], seq[1:], strict=True)]
             for o, seq in zip(outputs, sequences, strict=True)
@@ -182,10 +196,19 @@ class VLLMGenerationEngine:
 
     # ---------------------------------------------------------------- weights
 
-    def open_weight_group(self, host: str, port: int, first_rank: int, world_size: int, backend: str,
-                          buckets: list[list[TensorMeta]]) -> None:
+    def open_weight_group(
+        self,
+        host: str,
+        port: int,
+        first_rank: int,
+        world_size: int,
+        backend: str,
+        buckets: list[list[TensorMeta]],
+    ) -> None:
         plain = [[[m.name, list(m.shape), m.dtype] for m in bucket] for bucket in buckets]
-        self.llm.collective_rpc("rlhf_open_weight_group", args=(host, port, first_rank, world_size, backend, plain))
+        self.llm.collective_rpc(
+            "rlhf_open_weight_group", args=(host, port, first_rank, world_size, backend, plain)
+        )
         self._group_open = True
 
     def receive_weights(self) -> int:
@@ -208,7 +231,9 @@ class VLLMGenerationEngine:
         if not self.use_gpu:
             if not _cpu_sleep_logged:
                 _cpu_sleep_logged = True
-                log.info("%s: colocated vllm engines stay resident on CPU (vLLM has no sleep mode there)", FIELD)
+                log.info(
+                    "%s: colocated vllm engines stay resident on CPU (vLLM has no sleep mode there)", FIELD
+                )
             return
         self.llm.sleep(level=2)
         self._asleep = {"weights", "kv_cache"}

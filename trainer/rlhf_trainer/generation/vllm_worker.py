@@ -42,12 +42,21 @@ class WeightReceiver:
     _rlhf_group: WeightGroup | None = None
     _rlhf_buckets: list[list[TensorMeta]] | None = None
 
-    def rlhf_open_weight_group(self, host: str, port: int, first_rank: int, world_size: int, backend: str,
-                               buckets: list[list[list[Any]]]) -> None:
+    def rlhf_open_weight_group(
+        self,
+        host: str,
+        port: int,
+        first_rank: int,
+        world_size: int,
+        backend: str,
+        buckets: list[list[list[Any]]],
+    ) -> None:
         """Join the group as rank `first_rank` + this worker's tensor-parallel rank. `buckets`:
         [[name, shape, dtype], ...] per bucket (plain lists: the call may cross processes)."""
         rank = first_rank + int(self.rank)  # type: ignore[attr-defined]
-        self._rlhf_buckets = [[TensorMeta(name, tuple(shape), dtype) for name, shape, dtype in b] for b in buckets]
+        self._rlhf_buckets = [
+            [TensorMeta(name, tuple(shape), dtype) for name, shape, dtype in b] for b in buckets
+        ]
         self._rlhf_group = WeightGroup(host, port, rank, world_size, backend)
 
     def rlhf_receive_weights(self) -> int:

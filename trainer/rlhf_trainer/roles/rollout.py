@@ -43,8 +43,13 @@ class RolloutRole:
         tokenizer = load_tokenizer(actor.tokenizer or actor.model, actor.trust_remote_code)
         if spec.models.rollout.engine == "vllm":
             self.engine: HFGenerationEngine | VLLMGenerationEngine = VLLMGenerationEngine(
-                spec, dist.rank, dist.use_gpu, eos_token_ids_at(tokenizer, actor.model), tokenizer.pad_token_id,
-                colocated=spec.models.colocate.all, sequences_per_call=sequences_per_engine(spec),
+                spec,
+                dist.rank,
+                dist.use_gpu,
+                eos_token_ids_at(tokenizer, actor.model),
+                tokenizer.pad_token_id,
+                colocated=spec.models.colocate.all,
+                sequences_per_call=sequences_per_engine(spec),
             )
             return
         model = load_causal_lm(actor, dist.use_gpu, FIELD, trainable=False).to(self.device)
@@ -65,8 +70,15 @@ class RolloutRole:
         assert isinstance(self.engine, HFGenerationEngine)
         self.engine.update_weights(state_dict)
 
-    def open_weight_sync(self, host: str, port: int, first_rank: int, world_size: int, backend: str,
-                         buckets: list[list[TensorMeta]]) -> None:
+    def open_weight_sync(
+        self,
+        host: str,
+        port: int,
+        first_rank: int,
+        world_size: int,
+        backend: str,
+        buckets: list[list[TensorMeta]],
+    ) -> None:
         """vllm engines: join the weight-sync group (the actor's rank 0 joins at the same time)."""
         assert isinstance(self.engine, VLLMGenerationEngine)
         self.engine.open_weight_group(host, port, first_rank, world_size, backend, buckets)
