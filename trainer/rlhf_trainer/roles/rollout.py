@@ -9,6 +9,7 @@ weights after every update.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -32,8 +33,10 @@ class RolloutRole:
     def __init__(self, spec: RLHFJobSpec, dist: DistributedContext) -> None:
         prepare_environment(dist.use_gpu)
         if dist.num_threads > 0 and not dist.use_gpu:
-            # Before vLLM starts: its CPU worker turns set_num_threads into a no-op afterwards.
+            # Before vLLM starts: its CPU worker turns set_num_threads into a no-op afterwards,
+            # and its engine drops torch to one thread unless OMP_NUM_THREADS is set.
             torch.set_num_threads(dist.num_threads)
+            os.environ.setdefault("OMP_NUM_THREADS", str(dist.num_threads))
         seed_everything(spec.training.seed + dist.rank)
         self.rank = dist.rank
         self.device = device_for(dist.use_gpu)
