@@ -106,9 +106,9 @@ def _configure_logging() -> None:
 def run_trainer(config: TrainerConfig) -> int:
     """Preflight, then train. Returns the exit code: 1 with the problems on stderr when a check
     fails (nothing started), 1 when training fails, 0 when it finishes. A failure is also written
-    to status.failure; errors of the job's configuration (every preflight error, and the
-    configuration errors a role raises when it starts) are `permanent`: the operator does not
-    retry them."""
+    to status.failure; errors of the job's configuration (every preflight error, and the reward,
+    data, batch and checkpoint configuration errors raised on the driver after it) are
+    `permanent`: the operator does not retry them."""
     _configure_logging()
     use_gpu = any(r.gpus > 0 for r in (config.spec.models.actor, config.spec.models.critic,
                                         config.spec.models.reference) if r is not None)

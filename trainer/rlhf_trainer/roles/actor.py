@@ -181,7 +181,8 @@ class ActorRole:
                     sent += send_bucket(self._sync_group, bucket, [t.data for t in tensors])
         return sent
 
-    def close_weight_sync(self) -> None:
+    def close(self) -> None:
+        """Leave the weight-sync group (called by the backend's shutdown)."""
         group, self._sync_group = getattr(self, "_sync_group", None), None
         if group is not None:
             group.close()
