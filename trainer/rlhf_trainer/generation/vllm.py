@@ -150,6 +150,9 @@ class VLLMGenerationEngine:
     def generate(self, prompts: list[list[int]]) -> GenerationOutput:
         from vllm.inputs import TokensPrompt
 
+        if not prompts:  # more engines than rows (a small evaluation set): nothing to do here
+            empty = torch.zeros((0, 2), dtype=torch.long)
+            return GenerationOutput(empty, empty.clone(), prompt_width=1, logprobs=torch.zeros((0, 1)))
         self._ready_to_generate()
         ids, mask = left_pad(prompts, self.pad_id, self.generation.max_prompt_length)
         kept = [p[-self.generation.max_prompt_length :] for p in prompts]
