@@ -72,9 +72,9 @@ def setup(demo_assets: dict, tiny_rewards: str, ray_cluster: None) -> Iterator[S
         "grpo",
         {
             "models": {
-            "actor": {"zeroStage": 3},
-            "rollout": {"engine": "vllm", "engines": 2, "enforceEager": True},
-        },
+                "actor": {"zeroStage": 3},
+                "rollout": {"engine": "vllm", "engines": 2, "enforceEager": True},
+            },
             "training": {
                 "rolloutBatchSize": 4,
                 "trainBatchSize": 8,

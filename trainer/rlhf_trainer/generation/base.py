@@ -78,5 +78,6 @@ def merge_outputs(outputs: list[GenerationOutput], pad_id: int) -> GenerationOut
         masks.append(torch.nn.functional.pad(o.attention_mask, (left, right), value=0))
         if o.logprobs is not None:
             logprobs.append(torch.nn.functional.pad(o.logprobs, (0, right), value=0.0))
-    return GenerationOutput(torch.cat(ids), torch.cat(masks), prompt_width,
-                            torch.cat(logprobs) if logprobs else None)
+    return GenerationOutput(
+        torch.cat(ids), torch.cat(masks), prompt_width, torch.cat(logprobs) if logprobs else None
+    )
