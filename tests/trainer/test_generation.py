@@ -66,3 +66,16 @@ def test_generation_logprobs_match_the_training_forward(demo_assets: dict[str, s
         expected = torch.log_softmax(logits, -1).gather(-1, tokens[0, len(prompts[row]):].unsqueeze(-1)).squeeze(-1)
         torch.testing.assert_close(logprobs[row, :n], expected, atol=1e-5, rtol=1e-5)
     assert entropy is not None and bool((entropy[mask] > 0).all())
+
+
+def test_merge_outputs_carries_sampling_logprobs_and_empty_parts() -> None:
+    a = GenerationOutput(torch.tensor([[1, 2, 9]]), torch.tensor([[1, 1, 1]]), 2, torch.tensor([[-0.5]]))
+    b = GenerationOutput(torch.tensor([[3, 8, 8]]), torch.tensor([[1, 1, 1]]), 1, torch.tensor([[-1.0, -2.0]]))
+    empty = GenerationOutput(torch.zeros((0, 2), dtype=torch.long), torch.zeros((0, 2), dtype=torch.long), 1,
+                             torch.zeros((0, 1)))
+    merged = merge_outputs([a, empty, b], pad_id=0)
+    assert merged.input_ids.tolist() == [[1, 2, 9, 0], [0, 3, 8, 8]]
+    assert merged.logprobs is not None and merged.logprobs.tolist() == [[-0.5, 0.0], [-1.0, -2.0]]
+    batch = RolloutBatch.from_generation(merged)
+    assert batch.rollout_logprobs is merged.logprobs
+    assert batch.rows(1, 2).rollout_logprobs.tolist() == [[-1.0, -2.0]]

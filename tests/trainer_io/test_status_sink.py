@@ -127,3 +127,31 @@ def test_kubernetes_sink_survives_errors_and_reports_403_once(
     api.fail_with = None
     kube_sink.flush()  # the update that failed is still pending
     assert [p["body"]["status"]["progress"]["step"] for p in api.patches] == [3]
+
+
+def test_failure_entry_is_bounded_and_wire_shaped() -> None:
+    from rlhf_trainer.telemetry.status import MAX_FAILURE_MESSAGE, failure_entry
+
+    entry = failure_entry(attempt=2, permanent=True, reason="PreflightFailed", message="x" * 5000)
+    assert entry["attempt"] == 2 and entry["permanent"] is True and entry["reason"] == "PreflightFailed"
+    assert len(entry["message"]) == MAX_FAILURE_MESSAGE and entry["message"].endswith("...")
+    assert "failure" in TRAINER_FIELDS
+
+
+def test_record_failure_keeps_the_status_already_written(tmp_path) -> None:
+    """A failure after some steps keeps their progress and checkpoints in status.json."""
+    import json
+
+    from rlhf_trainer.telemetry.sinks import FileStatusSink
+    from rlhf_trainer.telemetry.telemetry import record_failure_in, sink_from_raw_config
+
+    path = tmp_path / "status.json"
+    FileStatusSink(str(path)).update({"progress": {"step": 3}})
+    record_failure_in(FileStatusSink(str(path)), 1, permanent=False, reason="TrainingFailed", message="boom")
+    stored = json.loads(path.read_text())
+    assert stored["progress"] == {"step": 3}
+    assert stored["failure"] == {"attempt": 1, "permanent": False, "reason": "TrainingFailed", "message": "boom"}
+
+    located = sink_from_raw_config({"jobName": "j", "statusSink": "file", "outputDir": str(tmp_path), "attempt": 4})
+    assert located is not None and isinstance(located[0], FileStatusSink) and located[1] == 4
+    assert sink_from_raw_config({"spec": {}}) is None

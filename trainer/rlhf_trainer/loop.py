@@ -98,6 +98,14 @@ class RLLoop:
         # trained on, or when the KL folded into the reward needs them before advantages.
         self.needs_old_logprobs = not self.plan.single_update or self.kl_in_reward
         self.add_special_tokens = not spec.data.prompts.chat_template
+        # vllm engines take new weights over a process group of their own, opened once here.
+        self.engine_sync = None
+        if roles.rollout is not None and spec.models.rollout.engine == "vllm":
+            from .weight_sync import EngineWeightSync
+
+            self.engine_sync = EngineWeightSync(spec, roles, backend)
+            self.engine_sync.open()
+        self.weight_sync_bytes = 0
 
     # ---------------------------------------------------------------- run
 
@@ -118,6 +126,8 @@ class RLLoop:
         prompts = self.dataset.next_batch(self.spec.training.rollout_batch_size)
         with timer("generate"):
             output = self._generate(prompts, n)
+            if self.engine_sync is not None:
+                self.engine_sync.sleep_engines()  # colocated on GPU: free it for the other roles
         batch = RolloutBatch.from_generation(output)
         texts = [p.text for p in prompts for _ in range(n)]
         labels = [p.label for p in prompts for _ in range(n)]
@@ -143,6 +153,8 @@ class RLLoop:
         metrics.update(self._train(batch, timer))
         with timer("weight_sync"):
             self.sync_weights()
+        if self.roles.rollout is not None:
+            metrics["perf/weight_sync_bytes"] = float(self.weight_sync_bytes)
 
         metrics.update(self._reward_metrics(rewards, scored.per_source, mask))
         if self.checkpointer is not None and self.checkpointer.due(step):
@@ -238,11 +250,16 @@ class RLLoop:
         return metrics
 
     def sync_weights(self) -> None:
-        """The rollout engines take the updated policy (nothing to do when the actor generates)."""
+        """The rollout engines take the updated policy (nothing to do when the actor generates):
+        vllm engines over the weight-sync group, hf engines as a state dict."""
         if self.roles.rollout is None:
+            return
+        if self.engine_sync is not None:
+            self.weight_sync_bytes = self.engine_sync.push()
             return
         weights = self.roles.actor.first("weights", to_cpu=self.backend.remote)
         self.backend.get(self.roles.rollout.call("update_weights", self.backend.put(weights)))
+        self.weight_sync_bytes = sum(t.numel() * t.element_size() for t in weights.values())
 
     def _reward_metrics(self, rewards: torch.Tensor, per_source: dict[str, list[float]],
                         mask: torch.Tensor) -> dict[str, float]:

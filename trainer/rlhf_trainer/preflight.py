@@ -15,7 +15,7 @@ from .backends.placement import plan_placement, role_gpus
 from .batch_plan import BatchConfigError, plan_batches
 from .checkpoint import CheckpointError, resolve_resume
 from .data import DataConfigError, PromptDataset
-from .generation import VLLM_UNAVAILABLE
+from .generation import CPU_HEAD_SIZES, VLLM_MISSING, vllm_installed
 from .rewards import RewardConfigError, build_rewards
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def _check_devices(spec: RLHFJobSpec, backend: str, errors: list[FieldError]) ->
                 errors.append(FieldError(field, f"the local backend runs one worker per role, {name} needs "
                                                 f"{workers}: use the ray backend"))
     if spec.models.rollout.engine == "vllm":
-        errors.append(FieldError("spec.models.rollout.engine", VLLM_UNAVAILABLE.split(": ", 1)[1]))
+        _check_vllm(spec, backend, errors)
     wanted = sum(workers * gpus for workers, gpus in roles.values())
     if wanted and not os.environ.get("RAY_ADDRESS"):  # in a cluster the driver itself has no GPU
         import torch
@@ -117,6 +117,39 @@ def _check_devices(spec: RLHFJobSpec, backend: str, errors: list[FieldError]) ->
         if role is not None and role.gpus == 0 and role.attn_implementation == "flash_attention_2":
             errors.append(FieldError(f"spec.models.{name}.attnImplementation",
                                      "flash_attention_2 needs a GPU; use sdpa or eager with gpus: 0"))
+
+
+def _check_vllm(spec: RLHFJobSpec, backend: str, errors: list[FieldError]) -> None:
+    """What a vllm engine needs that the schema cannot see: vLLM itself, Ray (engines and actor
+    send weights to each other at the same time), and a model shape it can run."""
+    field = "spec.models.rollout.engine"
+    if backend == "local":
+        errors.append(FieldError(field, "vllm engines run as Ray actors (the actor streams weights to them "
+                                        "while they receive): use the ray backend"))
+    if not vllm_installed():
+        errors.append(FieldError(field, VLLM_MISSING))
+    actor = spec.models.actor
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(actor.model, trust_remote_code=actor.trust_remote_code)
+    except Exception:
+        return  # the model path check reports it
+    text = config.get_text_config()
+    heads = getattr(text, "num_attention_heads", None)
+    head_dim = getattr(text, "head_dim", None) or (text.hidden_size // heads if heads else None)
+    if actor.gpus == 0 and head_dim is not None and head_dim not in CPU_HEAD_SIZES:
+        errors.append(FieldError("spec.models.actor.model",
+                                 f"head size {head_dim} (hidden_size / num_attention_heads) is not one vLLM's "
+                                 f"CPU attention supports ({', '.join(map(str, CPU_HEAD_SIZES))}); "
+                                 "use engine: hf for this model"))
+    positions = getattr(text, "max_position_embeddings", None)
+    generation = spec.generation
+    if positions is not None and generation.max_prompt_length + generation.max_new_tokens > positions:
+        errors.append(FieldError("spec.generation.maxNewTokens",
+                                 f"maxPromptLength + maxNewTokens = "
+                                 f"{generation.max_prompt_length + generation.max_new_tokens} exceeds the model's "
+                                 f"max_position_embeddings {positions} (a vllm engine cannot start)"))
 
 
 def preflight(spec: RLHFJobSpec, backend: str, resume_from: str | None) -> Prepared:

@@ -10,7 +10,7 @@ import torch
 
 from .generation.base import GenerationOutput
 
-PER_TOKEN = ("old_logprobs", "ref_logprobs", "values", "advantages", "returns")
+PER_TOKEN = ("old_logprobs", "ref_logprobs", "values", "advantages", "returns", "rollout_logprobs")
 
 
 @dataclass
@@ -27,10 +27,13 @@ class RolloutBatch:
     values: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    rollout_logprobs: torch.Tensor | None = None
+    """Log-probabilities the rollout engine sampled each token with (vllm), for the mismatch correction."""
 
     @classmethod
     def from_generation(cls, output: GenerationOutput) -> RolloutBatch:
-        return cls(output.input_ids, output.attention_mask, output.prompt_width)
+        return cls(output.input_ids, output.attention_mask, output.prompt_width,
+                   rollout_logprobs=output.logprobs)
 
     @property
     def size(self) -> int:

@@ -26,6 +26,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("rlhf_trainer")
 
 
+def _permanent_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the job's configuration: raised the same way by every attempt."""
+    from .batch_plan import BatchConfigError
+    from .checkpoint import CheckpointError
+    from .data import DataConfigError
+    from .rewards import RewardConfigError
+
+    return (InvalidJobError, BatchConfigError, CheckpointError, DataConfigError, RewardConfigError)
+
+
 @dataclass(frozen=True)
 class RunSummary:
     steps: int
@@ -83,6 +93,12 @@ def run_config_file(path: str) -> int:
     except InvalidJobError as exc:
         for error in exc.errors:
             print(f"{error}  [{path}]", file=sys.stderr)
+        from .telemetry.telemetry import record_failure_in, sink_from_raw_config
+
+        located = sink_from_raw_config(data)
+        if located is not None:
+            record_failure_in(located[0], located[1], permanent=True, reason="InvalidConfig",
+                              message="; ".join(map(str, exc.errors)))
         return 1
     return run_trainer(config)
 
@@ -95,24 +111,32 @@ def _configure_logging() -> None:
 
 def run_trainer(config: TrainerConfig) -> int:
     """Preflight, then train. Returns the exit code: 1 with the problems on stderr when a check
-    fails (nothing started), 1 when training fails, 0 when it finishes."""
+    fails (nothing started), 1 when training fails, 0 when it finishes. A failure is also written
+    to status.failure; errors of the job's configuration (every preflight error, and the reward,
+    data, batch and checkpoint configuration errors raised on the driver after it) are
+    `permanent`: the operator does not retry them."""
     _configure_logging()
     use_gpu = any(r.gpus > 0 for r in (config.spec.models.actor, config.spec.models.critic,
                                         config.spec.models.reference) if r is not None)
     prepare_environment(use_gpu)
 
     from .preflight import PreflightError, preflight
+    from .telemetry import record_failure
 
     try:
         prepared = preflight(config.spec, config.backend, config.resume_from)
     except PreflightError as exc:
         for error in exc.errors:
             print(str(error), file=sys.stderr)
+        record_failure(config, permanent=True, reason="PreflightFailed", message="; ".join(map(str, exc.errors)))
         return 1
     try:
         summary = _train(config, prepared)
-    except Exception:
+    except Exception as exc:
         log.exception("training failed")
+        permanent = isinstance(exc, _permanent_errors())
+        record_failure(config, permanent=permanent, reason="ConfigurationError" if permanent else "TrainingFailed",
+                       message=f"{type(exc).__name__}: {exc}")
         return 1
     for line in summary.lines():
         print(line)

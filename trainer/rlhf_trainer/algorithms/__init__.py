@@ -57,17 +57,20 @@ from .registry import (
     register_estimator,
 )
 from .returns import discounted_returns, generalized_advantage_estimation, token_level_rewards
+from .rollout_correction import MISMATCH_METRICS, ImportanceWeights, truncated_importance_weights
 from .rvi import reward_variance_increase
 from .value_loss import ValueLossOutput, explained_variance, value_loss
 
 __all__ = [
     "ALGORITHM_ESTIMATORS",
     "ESTIMATORS",
+    "MISMATCH_METRICS",
     "KL_ESTIMATORS",
     "POLICY_LOSS_AGGREGATIONS",
     "AdvantageConfig",
     "AdvantageEstimator",
     "AdvantageResult",
+    "ImportanceWeights",
     "OfflineLossOutput",
     "PolicyLossOutput",
     "ValueLossOutput",
@@ -106,5 +109,6 @@ __all__ = [
     "sequence_logprobs",
     "sft_loss",
     "token_level_rewards",
+    "truncated_importance_weights",
     "value_loss",
 ]

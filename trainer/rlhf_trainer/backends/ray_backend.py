@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 PLACEMENT_LOG_EVERY_S = 30
 PLACEMENT_TIMEOUT_S = 1800
+CLOSE_TIMEOUT_S = 60
 
 # Worker processes inherit these; DS_ACCELERATOR must be set before deepspeed is imported there.
 WORKER_ENV = ("DS_ACCELERATOR", "DS_BUILD_OPS", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE", "PYTHONPATH")
@@ -154,8 +155,20 @@ class RayBackend(Backend):
         return self._ray.put(value)
 
     def shutdown(self) -> None:
+        """Let roles that hold engines stop them (`close`: no shared memory or processes left
+        behind), then end every role's process and free the placement group."""
         from ray.util.placement_group import remove_placement_group
 
+        closing = [actor.close.remote() for actor in self._actors if hasattr(actor, "close")]
+        if closing:
+            done, late = self._ray.wait(closing, num_returns=len(closing), timeout=CLOSE_TIMEOUT_S)
+            for ref in done:
+                try:
+                    self._ray.get(ref)
+                except self._ray.exceptions.RayError as exc:  # a role that already died
+                    log.warning("closing a role failed: %s", exc)
+            if late:
+                log.warning("%d role(s) did not close within %ds; ending them", len(late), CLOSE_TIMEOUT_S)
         for actor in self._actors:
             self._ray.kill(actor)
         self._actors = []

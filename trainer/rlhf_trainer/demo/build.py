@@ -14,7 +14,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 SEED = 1234
-VERSION = "3"  # bump when what is built changes, so an old cache is rebuilt
+VERSION = "4"  # bump when what is built changes, so an old cache is rebuilt
 
 
 def build_tokenizer(directory: str):
@@ -45,7 +45,8 @@ def build_tokenizer(directory: str):
 
 
 def build_model(directory: str, tokenizer) -> None:
-    """A randomly initialised 2-layer Qwen2 (hidden 64) with a fixed seed."""
+    """A randomly initialised 2-layer Qwen2 (hidden 64, 2 heads of 32) with a fixed seed. Head size
+    32 is the smallest vLLM's CPU attention supports, so the same model runs with engine: vllm."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -54,8 +55,8 @@ def build_model(directory: str, tokenizer) -> None:
         hidden_size=64,
         intermediate_size=256,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
         max_position_embeddings=256,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,

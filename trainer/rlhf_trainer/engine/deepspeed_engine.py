@@ -4,6 +4,8 @@ ZeRO, checkpoints and a full state dict for weight sync and HF export."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -112,6 +114,22 @@ class TrainingEngine:
             with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
                 return {k: v.detach().clone().cpu() for k, v in self.module.state_dict().items()}
         return {k: (v.detach().cpu() if to_cpu else v.detach()) for k, v in self.module.state_dict().items()}
+
+    def full_shape(self, param: torch.nn.Parameter) -> tuple[int, ...]:
+        """A parameter's shape in the model (ZeRO-3 keeps only a flat partition on each rank)."""
+        return tuple(getattr(param, "ds_shape", param.shape))
+
+    @contextmanager
+    def gathered(self, params: list[torch.nn.Parameter]) -> Iterator[None]:
+        """`params` in full on every rank inside the block (a collective under ZeRO-3: every rank
+        must enter it with the same parameters); ZeRO 0-2 hold them in full already."""
+        if self.zero_stage != 3:
+            yield
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            yield
 
     def save(self, directory: str) -> None:
         self.engine.save_checkpoint(directory, tag=CHECKPOINT_TAG)

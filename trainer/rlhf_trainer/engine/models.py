@@ -40,8 +40,22 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
 def eos_token_ids(tokenizer: Any, model: torch.nn.Module) -> list[int]:
     """End-of-sequence ids of the tokenizer and of the model's generation config (chat models
     often end turns with a token other than the tokenizer's eos)."""
+    return _eos_ids(tokenizer, getattr(model, "generation_config", None))
+
+
+def eos_token_ids_at(tokenizer: Any, model_path: str) -> list[int]:
+    """eos_token_ids without loading the model: from its generation_config.json, if it has one."""
+    from transformers import GenerationConfig
+
+    try:
+        generation_config = GenerationConfig.from_pretrained(model_path)
+    except OSError:
+        generation_config = None
+    return _eos_ids(tokenizer, generation_config)
+
+
+def _eos_ids(tokenizer: Any, generation_config: Any) -> list[int]:
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    generation_config = getattr(model, "generation_config", None)
     configured = getattr(generation_config, "eos_token_id", None)
     if isinstance(configured, int):
         ids.add(configured)

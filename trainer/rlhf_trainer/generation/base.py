@@ -15,11 +15,14 @@ class GenerationOutput:
     `input_ids` [B, P + R]: each prompt left-padded to width P, its completion after it, right-padded
     to width R. `attention_mask` is 1 on prompt tokens and on completion tokens up to and including
     the first end-of-sequence token, 0 on padding and on anything after that token.
+    `logprobs` [B, R], when the engine reports them: the log-probability of each completion token
+    under the distribution it was sampled from (0 on padding).
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     prompt_width: int
+    logprobs: torch.Tensor | None = None
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -33,10 +36,6 @@ class GenerationOutput:
 class GenerationEngine(Protocol):
     def generate(self, prompts: list[list[int]]) -> GenerationOutput:
         """Sample one completion per prompt (repeat a prompt for several samples)."""
-        ...
-
-    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load the actor's weights after an update (called after every actor step)."""
         ...
 
 
@@ -68,10 +67,17 @@ def merge_outputs(outputs: list[GenerationOutput], pad_id: int) -> GenerationOut
         return outputs[0]
     prompt_width = max(o.prompt_width for o in outputs)
     response_width = max(o.input_ids.shape[1] - o.prompt_width for o in outputs)
-    ids, masks = [], []
+    with_logprobs = [o.logprobs is not None for o in outputs]
+    if any(with_logprobs) and not all(with_logprobs):
+        raise ValueError("some engines reported sampling log-probabilities and some did not")
+    ids, masks, logprobs = [], [], []
     for o in outputs:
         left = prompt_width - o.prompt_width
         right = response_width - (o.input_ids.shape[1] - o.prompt_width)
         ids.append(torch.nn.functional.pad(o.input_ids, (left, right), value=pad_id))
         masks.append(torch.nn.functional.pad(o.attention_mask, (left, right), value=0))
-    return GenerationOutput(torch.cat(ids), torch.cat(masks), prompt_width)
+        if o.logprobs is not None:
+            logprobs.append(torch.nn.functional.pad(o.logprobs, (0, right), value=0.0))
+    return GenerationOutput(
+        torch.cat(ids), torch.cat(masks), prompt_width, torch.cat(logprobs) if logprobs else None
+    )

@@ -8,13 +8,21 @@ from collections import defaultdict
 
 import torch
 
-from ..algorithms import default_loss_aggregation, kl_loss, kl_penalty, masked_mean, ppo_policy_loss
+from ..algorithms import (
+    default_loss_aggregation,
+    kl_loss,
+    kl_penalty,
+    masked_mean,
+    ppo_policy_loss,
+    truncated_importance_weights,
+)
 from ..api.spec import RLHFJobSpec
 from ..batch_plan import plan_batches
 from ..engine.deepspeed_engine import TrainingEngine
-from ..engine.device import DistributedContext
+from ..engine.device import DistributedContext, free_port, node_address
 from ..engine.models import eos_token_ids, load_causal_lm, load_tokenizer
 from ..generation import GenerationOutput, HFGenerationEngine
+from ..generation.transport import TensorMeta, WeightGroup, plan_buckets, send_bucket, tensor_meta
 from ..rollout_batch import RolloutBatch
 from .base import load_rng, save_rng, start_role_process
 from .forward import per_token_outputs, policy_forward
@@ -78,10 +86,13 @@ class ActorRole:
         self.engine.train()
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
+        maxima: dict[str, float] = {}
 
         def record(key: str, value: float) -> None:
             sums[key] += value
             counts[key] += 1
+
+        correction = algorithm.rollout_correction
 
         for _ in range(algorithm.epochs):
             for micro in batch.micro_batches(self.plan.micro_batch_size):
@@ -92,10 +103,21 @@ class ActorRole:
                 # rollout-time log-probabilities are this forward's.
                 old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
                 assert micro.advantages is not None
+                weights = None
+                if micro.rollout_logprobs is not None:
+                    # The trainer's rollout-time log-probs against the engine's sampling ones.
+                    tis = truncated_importance_weights(old, micro.rollout_logprobs, mask, correction.cap)
+                    weights = tis.weights if correction.mode == "tis" else None
+                    for key, value in tis.metrics.items():
+                        if key.endswith("_max"):
+                            maxima[key] = max(maxima.get(key, float("-inf")), float(value))
+                        else:
+                            record(key, float(value))
                 out = ppo_policy_loss(
                     logprobs, old, micro.advantages, mask,
                     clip_low=algorithm.clip.low, clip_high=algorithm.clip.high, dual_clip=algorithm.clip.dual,
                     loss_agg=self.loss_aggregation, max_response_length=generation.max_new_tokens,
+                    importance_weights=weights,
                 )
                 loss = out.loss
                 if kl_as_loss:
@@ -118,6 +140,7 @@ class ActorRole:
                 for key in ("actor/pg_loss", "actor/clipfrac", "actor/approx_kl"):
                     record(key, float(out.metrics[key]))
         metrics = {key: sums[key] / counts[key] for key in sums}
+        metrics.update(maxima)
         metrics["actor/lr"] = self.engine.learning_rate
         return metrics
 
@@ -125,6 +148,44 @@ class ActorRole:
 
     def weights(self, to_cpu: bool) -> dict[str, torch.Tensor]:
         return self.engine.full_state_dict(to_cpu)
+
+    # ---------------------------------------------------------------- weight sync to vllm engines
+
+    def weight_buckets(self, bucket_bytes: int) -> list[list[TensorMeta]]:
+        """The parameters in the order and buckets they are sent in (the same on every rank)."""
+        return plan_buckets(
+            [tensor_meta(name, p, self.engine.full_shape(p)) for name, p in self.engine.module.named_parameters()],
+            bucket_bytes,
+        )
+
+    def weight_sync_endpoint(self) -> tuple[str, int]:
+        """Address and a free port on this node for the weight-sync group's store (rank 0 serves it)."""
+        return node_address(), free_port()
+
+    def open_weight_sync(self, host: str, port: int, world_size: int, backend: str, bucket_bytes: int) -> None:
+        """Rank 0 joins the weight-sync group as its sender; every rank remembers the buckets (under
+        ZeRO-3 every rank takes part in gathering them)."""
+        self._sync_buckets = self.weight_buckets(bucket_bytes)
+        self._sync_group = WeightGroup(host, port, 0, world_size, backend) if self.dist.rank == 0 else None
+
+    def broadcast_weights(self) -> int:
+        """Stream the current weights to the engines, bucket by bucket (all ranks call this: under
+        ZeRO-3 each bucket is gathered, sent by rank 0, and released before the next). Returns
+        the bytes rank 0 sent (0 on the other ranks)."""
+        params = dict(self.engine.module.named_parameters())
+        sent = 0
+        for bucket in self._sync_buckets:
+            tensors = [params[meta.name] for meta in bucket]
+            with torch.no_grad(), self.engine.gathered(tensors):
+                if self._sync_group is not None:
+                    sent += send_bucket(self._sync_group, bucket, [t.data for t in tensors])
+        return sent
+
+    def close(self) -> None:
+        """Leave the weight-sync group (called by the backend's shutdown)."""
+        group, self._sync_group = getattr(self, "_sync_group", None), None
+        if group is not None:
+            group.close()
 
     def save_checkpoint(self, directory: str) -> None:
         self.engine.save(directory)

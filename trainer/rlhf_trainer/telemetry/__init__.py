@@ -3,7 +3,7 @@
 from .keys import METRIC_KEYS, TIMING_PHASES, metric_names, prometheus_name
 from .prometheus import TelemetryError
 from .sinks import FileStatusSink, KubernetesStatusSink, NullStatusSink, StatusSink
-from .telemetry import Telemetry, make_status_sink
+from .telemetry import Telemetry, make_status_sink, record_failure
 
 __all__ = [
     "METRIC_KEYS",
@@ -17,4 +17,5 @@ __all__ = [
     "make_status_sink",
     "metric_names",
     "prometheus_name",
+    "record_failure",
 ]

@@ -29,6 +29,14 @@ METRIC_KEYS: tuple[str, ...] = (
     "timing/step_s",
     "perf/tokens_per_s",
     "perf/samples_per_s",
+    # Jobs with separate rollout engines: bytes the actor sent to them after its update.
+    "perf/weight_sync_bytes",
+    # Engines that report sampling log-probabilities (vllm): the rollout/trainer mismatch
+    # (algorithms/rollout_correction.py).
+    "rollout/mismatch_kl",
+    "rollout/is_weight_mean",
+    "rollout/is_weight_max",
+    "rollout/is_truncated_frac",
 )
 
 PREFIX = "rlhf_"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..api.status import TRAINER_FIELDS, CheckpointRef, Progress, rfc3339
+from ..api.status import TRAINER_FIELDS, CheckpointRef, Progress, TrainerFailure, rfc3339
+
+MAX_FAILURE_MESSAGE = 1024
 
 
 def eta_seconds(step_times: list[float], step: int, total_steps: int) -> float | None:
@@ -71,3 +73,11 @@ def should_push(now: float, last_push: float | None, min_interval_s: float, forc
     """Throttle of the Kubernetes sink: at most one patch per `min_interval_s`, except forced
     pushes (final step, checkpoint, close) and the first."""
     return force or last_push is None or now - last_push >= min_interval_s
+
+
+def failure_entry(attempt: int, permanent: bool, reason: str, message: str) -> dict[str, Any]:
+    """status.failure: what the trainer stopped on. `permanent` tells the operator that no
+    restart can fix it. The message is cut to the field's bound, keeping its start."""
+    if len(message) > MAX_FAILURE_MESSAGE:
+        message = message[: MAX_FAILURE_MESSAGE - 3] + "..."
+    return TrainerFailure(attempt=attempt, permanent=permanent, reason=reason, message=message).to_wire()

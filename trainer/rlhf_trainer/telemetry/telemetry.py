@@ -15,7 +15,7 @@ from .plot import read_rows, write_curves
 from .progress import ProgressDisplay
 from .prometheus import PrometheusExporter
 from .sinks import FileStatusSink, KubernetesStatusSink, NullStatusSink, StatusSink
-from .status import add_checkpoint, checkpoint_entry, eta_seconds, progress, trainer_status
+from .status import add_checkpoint, checkpoint_entry, eta_seconds, failure_entry, progress, trainer_status
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,40 @@ def make_status_sink(config: TrainerConfig) -> StatusSink:
     if config.status_sink == "file":
         return FileStatusSink(os.path.join(config.output_dir, "status.json"))
     return NullStatusSink()
+
+
+def record_failure(config: TrainerConfig, permanent: bool, reason: str, message: str) -> None:
+    """Write status.failure through the job's status sink, keeping the trainer fields already
+    there. Never raises: reporting a failure must not hide it."""
+    try:
+        sink = make_status_sink(config)
+    except Exception:
+        log.exception("could not record the failure in the status")
+        return
+    record_failure_in(sink, config.attempt, permanent, reason, message)
+
+
+def record_failure_in(sink: StatusSink, attempt: int, permanent: bool, reason: str, message: str) -> None:
+    try:
+        status = {**sink.read(), "failure": failure_entry(attempt, permanent, reason, message)}
+        sink.update(status, force=True)
+        sink.flush()
+    except Exception:
+        log.exception("could not record the failure in the status")
+
+
+def sink_from_raw_config(data: Any) -> tuple[StatusSink, int] | None:
+    """The status sink and attempt named by a trainer config that failed validation, when the
+    fields that locate the job are readable (a trainer older or newer than its operator)."""
+    if not isinstance(data, dict) or not isinstance(data.get("jobName"), str):
+        return None
+    attempt = data.get("attempt") if isinstance(data.get("attempt"), int) else 0
+    kind = data.get("statusSink", "file")
+    if kind == "kubernetes":
+        return KubernetesStatusSink(str(data.get("namespace") or "default"), data["jobName"]), attempt
+    if kind == "file" and isinstance(data.get("outputDir"), str):
+        return FileStatusSink(os.path.join(data["outputDir"], "status.json")), attempt
+    return None
 
 
 class Telemetry:
