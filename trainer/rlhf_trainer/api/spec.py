@@ -25,8 +25,19 @@ from .kube import (
     VolumeMount,
     VolumeSource,
 )
+from .stages import (
+    ALGORITHM_STAGE_RULES,
+    OFFLINE_CEL,
+    DPOSpec,
+    KTOSpec,
+    RewardModelStageSpec,
+    is_offline,
+    stage_rules,
+)
 
-AlgorithmName = Literal["ppo", "grpo", "dr_grpo", "reinforce_pp", "reinforce_pp_baseline", "rloo", "grpovi"]
+AlgorithmName = Literal[
+    "ppo", "grpo", "dr_grpo", "reinforce_pp", "reinforce_pp_baseline", "rloo", "grpovi", "sft", "rm", "dpo", "kto"
+]
 ALGORITHMS: tuple[str, ...] = AlgorithmName.__args__  # type: ignore[attr-defined]
 # Estimators whose baseline comes from the other samples of the same prompt: no critic, n >= 2.
 GROUP_ALGORITHMS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "grpovi")
@@ -104,7 +115,8 @@ class RewardRange(ApiModel):
 class AlgorithmSpec(ApiModel):
     name: AlgorithmName = Field(
         description="RL algorithm: ppo (GAE with a critic), grpo, dr_grpo, reinforce_pp, "
-        "reinforce_pp_baseline, rloo, grpovi (GRPO with reward variance increase, arXiv 2505.23247)."
+        "reinforce_pp_baseline, rloo, grpovi (GRPO with reward variance increase, arXiv 2505.23247); "
+        "or an offline stage: sft, rm (pairwise reward model), dpo (also ipo, conservative), kto."
     )
     samples_per_prompt: int = Field(
         default=1,
@@ -128,8 +140,13 @@ class AlgorithmSpec(ApiModel):
     normalize_reward: bool = Field(
         default=False, description="Whiten sequence rewards over the batch before advantages (ppo)."
     )
+    dpo: DPOSpec | None = Field(default=None, description="DPO/IPO/conservative DPO settings (dpo only).")
+    kto: KTOSpec | None = Field(default=None, description="KTO settings (kto only).")
+    reward_model: RewardModelStageSpec | None = Field(
+        default=None, description="Pairwise reward-model training settings (rm only)."
+    )
 
-    rules = (
+    rules = ALGORITHM_STAGE_RULES + (
         Rule(
             cel=f"!({_GROUP_CEL}.exists(a, a == self.name)) || self.samplesPerPrompt >= 2",
             message="must be >= 2 for group estimators (grpo, dr_grpo, rloo, reinforce_pp_baseline, grpovi)",
@@ -308,7 +325,9 @@ class ModelsSpec(ApiModel):
     )
     reference: RoleSpec | None = Field(default=None, description="Frozen reference policy for the KL term.")
     reward: list[RewardSource] = Field(
-        min_length=1, max_length=16, description="Reward sources, summed with their weights. At least one."
+        default_factory=list,
+        max_length=16,
+        description="Reward sources, summed with their weights. At least one (RL); none in offline stages.",
     )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout (generation) engines.")
     colocate: Colocation = Field(default_factory=Colocation, description="Which models share GPUs.")
@@ -359,7 +378,24 @@ class PromptSource(ApiModel):
     split: str = Field(default="train", min_length=1, description="Dataset split.")
     input_key: str = Field(default="prompt", min_length=1, description="Column holding the prompt text.")
     label_key: str | None = Field(
-        default=None, min_length=1, description="Column holding the label passed to reward functions."
+        default=None,
+        min_length=1,
+        description="Column holding the label passed to reward functions (kto: the desirable/undesirable "
+        "boolean, default label).",
+    )
+    response_key: str | None = Field(
+        default=None, min_length=1, description="sft: column holding the target response (default response)."
+    )
+    chosen_key: str | None = Field(
+        default=None, min_length=1, description="rm, dpo: column holding the preferred response (default chosen)."
+    )
+    rejected_key: str | None = Field(
+        default=None,
+        min_length=1,
+        description="rm, dpo: column holding the dispreferred response (default rejected).",
+    )
+    completion_key: str | None = Field(
+        default=None, min_length=1, description="kto: column holding the completion (default completion)."
     )
     chat_template: bool = Field(
         default=False, description="Wrap the prompt with the tokenizer's chat template."
@@ -398,16 +434,19 @@ class DataSpec(ApiModel):
 
 
 class TrainingSpec(ApiModel):
-    rollout_batch_size: int = Field(ge=1, description="Prompts per rollout (one RL step).")
+    rollout_batch_size: int | None = Field(
+        default=None, ge=1, description="Prompts per rollout (one RL step). Required by RL, not used by stages."
+    )
     train_batch_size: int = Field(
         ge=1,
         description="Samples (completions) per optimizer step. One step makes "
-        "rolloutBatchSize x samplesPerPrompt / trainBatchSize x epochs optimizer steps.",
+        "rolloutBatchSize x samplesPerPrompt / trainBatchSize x epochs optimizer steps. Offline stages: "
+        "examples (rows or preference pairs) per optimizer step.",
     )
     micro_batch_size: int = Field(
         ge=1, description="Samples per forward/backward pass; gradients accumulate up to trainBatchSize."
     )
-    max_steps: int = Field(ge=1, description="RL steps (rollouts) to run.")
+    max_steps: int = Field(ge=1, description="RL steps (rollouts) to run; offline stages: optimizer steps.")
     actor_learning_rate: float = Field(default=1e-6, gt=0, description="Actor peak learning rate.")
     critic_learning_rate: float = Field(default=9e-6, gt=0, description="Critic peak learning rate.")
     lr_schedule: Literal["constant", "cosine"] = Field(
@@ -580,19 +619,21 @@ class RLHFJobSpec(ApiModel):
             check=lambda s: s.algorithm.name not in GROUP_ALGORITHMS or s.models.critic is None,
         ),
         Rule(
-            cel="self.algorithm.kl.coef == 0.0 || has(self.models.reference)",
+            cel=f"{OFFLINE_CEL}.exists(a, a == self.algorithm.name) || self.algorithm.kl.coef == 0.0 "
+            "|| has(self.models.reference)",
             message="required when algorithm.kl.coef > 0 (set algorithm.kl.coef: 0 to train without one)",
             field="models.reference",
-            check=lambda s: s.algorithm.kl.coef == 0 or s.models.reference is not None,
+            check=lambda s: is_offline(s.algorithm.name) or s.algorithm.kl.coef == 0 or s.models.reference is not None,
         ),
         Rule(
-            cel="(self.training.rolloutBatchSize * self.algorithm.samplesPerPrompt) "
-            "% self.training.trainBatchSize == 0",
+            cel="!has(self.training.rolloutBatchSize) || (self.training.rolloutBatchSize * "
+            "self.algorithm.samplesPerPrompt) % self.training.trainBatchSize == 0",
             message="must divide rolloutBatchSize x samplesPerPrompt (samples per rollout)",
             field="training.trainBatchSize",
             check=lambda s: (
-                (s.training.rollout_batch_size * s.algorithm.samples_per_prompt) % s.training.train_batch_size
+                s.training.rollout_batch_size is None
+                or (s.training.rollout_batch_size * s.algorithm.samples_per_prompt) % s.training.train_batch_size
                 == 0
             ),
         ),
-    )
+    ) + stage_rules()
