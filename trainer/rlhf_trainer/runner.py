@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .api.job import RLHFJob, TrainerConfig
+from .api.stages import is_offline
 from .api.validation import InvalidJobError, load_model
 from .engine.device import prepare_environment
 
@@ -91,6 +92,10 @@ def run_trainer(config: TrainerConfig) -> int:
     """Preflight, then train. Returns the exit code: 1 with the problems on stderr when a check
     fails (nothing started), 1 when training fails, 0 when it finishes."""
     _configure_logging()
+    if is_offline(config.spec.algorithm.name):
+        from .stages.runner import run_stage
+
+        return run_stage(config)
     use_gpu = any(r.gpus > 0 for r in (config.spec.models.actor, config.spec.models.critic,
                                         config.spec.models.reference) if r is not None)
     prepare_environment(use_gpu)

@@ -11,7 +11,7 @@ are rejected, naming the field; stage-only fields are rejected in RL jobs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -178,3 +178,15 @@ ALGORITHM_STAGE_RULES = (
         check=lambda a: a.name == "rm" or a.reward_model is None,
     ),
 )
+
+
+def layout_view(spec: Any) -> Any:
+    """The spec as the role layout should see it: an offline stage runs only its trained model's
+    workers (the reference of dpo/kto lives in the same process; nothing generates), so the RL
+    parts that have defaults (the rollout engines) and the reference are left out."""
+    if not is_offline(spec.algorithm.name):
+        return spec
+    from .spec import RolloutSpec
+
+    models = spec.models.model_copy(update={"rollout": RolloutSpec(engine="hf", engines=0), "reference": None})
+    return spec.model_copy(update={"models": models})
