@@ -62,12 +62,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_crds(args: argparse.Namespace) -> int:
     from .api.crd import render_crds
 
+    if args.kind == "RLHFPipeline":
+        from .api.pipeline import render_pipeline_crd
+
+        sys.stdout.write(render_pipeline_crd())
+        return 0
     sys.stdout.write(render_crds())
     return 0
 
 
 def load_job(path: str):
-    """The one RLHFJob of a manifest file, or exit 1 with its errors."""
+    """The one RLHFJob (or RLHFPipeline) of a manifest file, or exit 1 with its errors."""
     from .api.validation import validate_manifest
 
     jobs = [doc for doc in load_documents(path) if _is_rlhf_document(doc)]
@@ -138,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("crds", help="print the CRDs")
+    p.add_argument("--kind", choices=["RLHFJob", "RLHFPipeline"], default="RLHFJob", help="which CRD")
     p.set_defaults(func=cmd_crds)
 
     p = sub.add_parser("render", help="print the Kubernetes objects the operator would create for a job")

@@ -54,6 +54,10 @@ class RunSummary:
 
 def run_manifest(job: RLHFJob, output_dir: str | None, backend: str, metrics_port: int) -> int:
     """`rlhf run`: the job on this machine (embedded Ray, or in-process with backend local)."""
+    if job.kind == "RLHFPipeline":
+        from .stages.pipeline import run_pipeline
+
+        return run_pipeline(job, output_dir, backend, metrics_port)
     config = TrainerConfig(
         job_name=job.metadata.name,
         namespace=job.metadata.namespace or "default",
