@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlhf_trainer.api.spec import ModelsSpec, RLHFJobSpec, RoleSpec
+from rlhf_trainer.api.stages import layout_view
 
 from .errors import RenderError
 
@@ -61,6 +62,7 @@ class Layout:
 
 def plan_layout(spec: RLHFJobSpec) -> Layout:
     """The worker groups of a job, or RenderError naming the field that cannot be placed."""
+    spec = layout_view(spec)  # an offline stage places only its trained model
     capacity = spec.workers.gpus_per_pod
     pools = role_pools(spec.models)
     blocks = [block for pool in pools for block in pool_blocks(pool, capacity)]

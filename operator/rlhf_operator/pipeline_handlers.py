@@ -1,0 +1,75 @@
+"""kopf handlers of RLHFPipelines: each reads the pipeline and its child RLHFJobs, asks
+`pipeline.decide`, creates the next stage's RLHFJob and writes the pipeline's status.
+
+Triggers: the pipeline's create/resume/spec update, and every event of an RLHFJob labelled
+rlhf.io/pipeline (a stage's phase or exported model changed). Registered by importing this module
+(main.run_operator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s_client
+from kubernetes.client.rest import ApiException
+
+from rlhf_trainer.api.job import GROUP, PLURAL, VERSION
+from rlhf_trainer.api.pipeline import LABEL_PIPELINE, PIPELINE_PLURAL
+
+from .kube import load_api_client
+from .pipeline import decide, status_patch
+
+_API: dict[str, k8s_client.CustomObjectsApi] = {}
+
+
+def _custom() -> k8s_client.CustomObjectsApi:
+    if "custom" not in _API:
+        _API["custom"] = k8s_client.CustomObjectsApi(load_api_client())
+    return _API["custom"]
+
+
+def reconcile_pipeline_sync(namespace: str, name: str) -> None:
+    api = _custom()
+    try:
+        pipeline = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PIPELINE_PLURAL, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return
+        raise
+    listed = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                               label_selector=f"{LABEL_PIPELINE}={name}")
+    uid = pipeline["metadata"]["uid"]
+    children = {
+        item["metadata"]["name"]: item
+        for item in listed.get("items", [])
+        if any(ref.get("uid") == uid for ref in item["metadata"].get("ownerReferences") or [])
+    }
+    plan = decide(pipeline, children)
+    for child in plan.create:
+        try:
+            api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, child)
+        except ApiException as exc:
+            if exc.status != 409:  # already there: a previous pass created it
+                raise
+    patch = status_patch(pipeline.get("status") or {}, plan.status)
+    if patch is not None:
+        api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PIPELINE_PLURAL, name,
+                                                  {"status": patch})
+
+
+@kopf.on.resume(GROUP, VERSION, PIPELINE_PLURAL, backoff=5.0)
+@kopf.on.create(GROUP, VERSION, PIPELINE_PLURAL, backoff=5.0)
+@kopf.on.update(GROUP, VERSION, PIPELINE_PLURAL, field="spec", backoff=5.0)
+async def reconcile_pipeline(namespace: str, name: str, **_: Any) -> None:
+    await asyncio.to_thread(reconcile_pipeline_sync, namespace, name)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, labels={LABEL_PIPELINE: kopf.PRESENT})
+async def stage_job_event(body: kopf.Body, namespace: str, logger: Any, **_: Any) -> None:
+    pipeline = body.metadata.labels[LABEL_PIPELINE]
+    try:
+        await asyncio.to_thread(reconcile_pipeline_sync, namespace, pipeline)
+    except ApiException as exc:
+        logger.warning(f"reconcile of RLHFPipeline {namespace}/{pipeline} failed: {exc.status} {exc.reason}")
