@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from test_operator import MERGE, Api, Operators, eventually, rayjob_names
-
 from e2e_kube import ControlPlane, Kubectl
+from test_operator import MERGE, Api, Operators, eventually, rayjob_names
 
 pytestmark = pytest.mark.e2e
 
@@ -122,6 +121,7 @@ def test_stages_run_in_order_resume_after_a_restart_and_a_succeeded_stage_is_nev
     assert status["stages"][0]["model"] == "/ckpt/pl/sft/step_000030/hf"
 
     # The operator dies while stage 2 runs; stage 2 finishes meanwhile. A new operator starts stage 3.
+    eventually(lambda: papi.rayjob(namespace, "pl-rm-a0"), 15, "RayJob pl-rm-a0")
     papi.set_rayjob_status(namespace, "pl-rm-a0", jobDeploymentStatus="Running", jobStatus="RUNNING")
     papi.wait_stage(namespace, "rm", "Running")
     operator.kill()

@@ -13,6 +13,7 @@ import yaml
 from rlhf_trainer.api import RLHFJob
 from rlhf_trainer.api.base import ApiModel
 from rlhf_trainer.api.crd import CRD_FILE, crd_manifest, render_crds
+from rlhf_trainer.api.pipeline import RLHFPipeline
 from rlhf_trainer.api.validation import validate_manifest
 from rlhf_trainer.cli import main
 
@@ -44,7 +45,7 @@ def all_api_models() -> list[type[ApiModel]]:
 def test_example_is_valid(path: Path) -> None:
     job, errors = validate_manifest(yaml.safe_load(path.read_text()))
     assert errors == []
-    assert isinstance(job, RLHFJob)
+    assert isinstance(job, (RLHFJob, RLHFPipeline))
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)

@@ -55,11 +55,19 @@ class DPOSpec(ApiModel):
     label_smoothing: float = Field(
         default=0.0,
         ge=0,
-        lt=0.5,
-        description="Conservative DPO: the assumed fraction of flipped preference labels (sigmoid only).",
+        le=0.5,
+        description="Conservative DPO: the assumed fraction of flipped preference labels, below 0.5 "
+        "(sigmoid only).",
     )
 
+    # (< 0.5 as a rule: an exclusive non-integer maximum trips the API server's default check.)
     rules = (
+        Rule(
+            cel="self.labelSmoothing < 0.5",
+            message="must be < 0.5 (at 0.5 the preference labels carry no information)",
+            field="labelSmoothing",
+            check=lambda d: d.label_smoothing < 0.5,
+        ),
         Rule(
             cel="self.lossType != 'ipo' || self.labelSmoothing == 0.0",
             message="applies to lossType sigmoid only (conservative DPO), not ipo",
