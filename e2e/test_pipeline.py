@@ -139,6 +139,7 @@ def test_stages_run_in_order_resume_after_a_restart_and_a_succeeded_stage_is_nev
     # The Succeeded stages kept their RLHFJob (same uid) and their single RayJob: nothing reran.
     assert papi.job(namespace, "pl-sft")["metadata"]["uid"] == sft["metadata"]["uid"]
     assert papi.job(namespace, "pl-rm")["metadata"]["uid"] == rm["metadata"]["uid"]
+    eventually(lambda: papi.rayjob(namespace, "pl-rl-a0"), 15, "RayJob pl-rl-a0")
     assert rayjob_names(papi, namespace) == ["pl-rl-a0", "pl-rm-a0", "pl-sft-a0"]
 
     # A Succeeded stage whose RLHFJob is deleted is still not rerun (the pipeline's status holds it).
@@ -153,3 +154,37 @@ def test_stages_run_in_order_resume_after_a_restart_and_a_succeeded_stage_is_nev
     status = papi.wait_stage(namespace, "rl", "Failed", timeout=60)
     assert status["phase"] == "Failed" and status["currentStage"] == "rl" and status["summary"] == "2/3"
     assert papi.jobs(namespace) == ["pl-rl", "pl-rm"]
+
+
+PIPELINES = [p for p in sorted((REPO / "examples").glob("*.yaml")) if "kind: RLHFPipeline" in p.read_text()]
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=[p.stem for p in PIPELINES])
+def test_every_stage_of_the_example_pipelines_renders_objects_the_api_server_accepts(path, kubectl, namespace):
+    """Each stage as the operator would create it (stage:// replaced by an export path), rendered
+    into its RayJob and the rest, passes a strict server-side dry run (KubeRay's CRDs included)."""
+    from rlhf_operator.pipeline import decide
+    from rlhf_operator.render import RenderOptions, render_job_objects
+    from rlhf_trainer.api.validation import validate_manifest
+
+    doc = yaml.safe_load(path.read_text())
+    doc["metadata"].update(namespace=namespace, uid="2f1f6f1e-0000-4000-8000-000000000000", generation=1)
+    children: dict[str, Any] = {}
+    for _ in doc["spec"]["stages"]:
+        plan = decide(doc, children)
+        assert len(plan.create) == 1, plan.status
+        child = plan.create[0]
+        job, errors = validate_manifest({k: child[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+        assert not errors, errors
+        objects = render_job_objects(job, RenderOptions(default_image="registry.example/rlhf-trainer:e2e"))
+        for obj in objects:
+            obj["metadata"].pop("ownerReferences", None)
+        proc = kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
+                       input=yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objects}),
+                       namespace=namespace, check=False)  # fmt: skip
+        assert proc.returncode == 0 and "Warning" not in proc.stderr, proc.stderr
+        name = child["metadata"]["name"]
+        hf = f"/checkpoints/{name}/step_000001/hf"
+        children[name] = {"metadata": {"name": name}, "status": {
+            "phase": "Succeeded", "latestCheckpoint": {"step": 1, "path": hf, "hfPath": hf}}}
+    assert decide(doc, children).status["phase"] == "Succeeded"
