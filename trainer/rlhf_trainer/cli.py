@@ -91,6 +91,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     from rlhf_operator.render import RenderError, RenderOptions, render_job_objects
 
     job = load_job(args.file)
+    if job.kind != "RLHFJob":
+        print(f"{args.file}: rlhf render takes an RLHFJob; the operator renders each stage of an "
+              f"{job.kind} as an RLHFJob when the stage starts", file=sys.stderr)
+        return 1
     options = RenderOptions(default_image=args.image, namespace=args.namespace)
     try:
         objects = render_job_objects(job, options)
