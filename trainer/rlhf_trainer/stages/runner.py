@@ -190,7 +190,9 @@ class StageLoop:
                 saved.append(ckpt)
                 self.telemetry.checkpoint_saved(ckpt.step, ckpt.path, ckpt.hf_path)
             every = training.eval_every_steps
-            if self.eval_dataset is not None and ((every and step % every == 0) or step == training.max_steps):
+            # After step 1 too: the first point of the held-out curve.
+            if self.eval_dataset is not None and (step == 1 or (every and step % every == 0)
+                                                  or step == training.max_steps):
                 metrics.update(self.evaluate())
             elapsed = time.perf_counter() - started
             metrics["timing/train_s"] = train_s
