@@ -116,3 +116,16 @@ def test_status_patch_sets_changes_and_removes_dropped_fields() -> None:
     after = {"phase": "Succeeded", "summary": "3/3"}
     assert status_patch(before, after) == {"phase": "Succeeded", "summary": "3/3", "currentStage": None}
     assert status_patch(after, copy.deepcopy(after)) is None
+
+
+def test_an_offline_stage_places_only_its_trained_model() -> None:
+    """No rollout engines (their default is vllm) and no separate reference: an sft job on 8 GPUs is
+    one pod of 8 GPUs; a dpo job's reference lives in the actor's workers."""
+    from rlhf_operator.placement import plan_layout
+
+    for stem in ("sft-qwen2.5-7b", "dpo-qwen2.5-7b"):
+        job, errors = validate_manifest(yaml.safe_load((ROOT / "examples" / f"{stem}.yaml").read_text()))
+        assert not errors and job is not None
+        layout = plan_layout(job.spec)
+        assert layout.total_gpus == 8, stem
+        assert [pool.roles for pool in layout.pools] == [("actor",)], stem

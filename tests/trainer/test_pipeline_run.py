@@ -36,23 +36,29 @@ def test_tiny_pipeline_runs_sft_rm_and_rl_whose_reward_from_the_trained_rm_rises
 
     sft_loss = evals(metrics(out / "sft"), "sft/loss")
     rm_accuracy = evals(metrics(out / "rm"), "rm/accuracy")
-    rewards = [row["reward/mean"] for row in metrics(out / "rl")]
+    rl = metrics(out / "rl")
+    rewards = [row["reward/mean"] for row in rl]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-    print(f"sft eval loss {sft_loss[0]:.3f} -> {sft_loss[-1]:.3f}; rm eval accuracy {rm_accuracy[0]:.3f} -> "
-          f"{rm_accuracy[-1]:.3f}; rl reward (trained RM) first 5 {first:.3f} -> last 5 {last:.3f}")
+    task = [row["reward/task"] for row in rl]  # the verifiable task reward, logged with weight 0
+    task_first, task_last = sum(task[:5]) / 5, sum(task[-5:]) / 5
+    with capsys.disabled():
+        print(f"\nsft eval loss {sft_loss[0]:.3f} -> {sft_loss[-1]:.3f}; rm eval accuracy {rm_accuracy[0]:.3f} -> "
+              f"{rm_accuracy[-1]:.3f}; rl reward (trained RM) first 5 {first:.3f} -> last 5 {last:.3f}; "
+              f"task reward {task_first:.3f} -> {task_last:.3f}")
     assert sft_loss[-1] < sft_loss[0]
-    assert rm_accuracy[-1] >= 0.8
+    assert rm_accuracy[-1] >= 0.9
     assert last > first + 0.5
+    assert task_last > task_first + 0.2  # what the reward model learnt is the task
 
     # The RL stage was scored by the RM stage's export, and started from the SFT stage's.
     rl_status = json.loads((out / "rl" / "status.json").read_text())
-    assert rl_status["progress"]["step"] == 20
+    assert rl_status["progress"]["step"] == 40
     rm_status = json.loads((out / "rm" / "status.json").read_text())
-    assert rm_status["latestCheckpoint"]["hfPath"] == str(tmp_path / "ckpt" / "rm" / "checkpoints" / "step_000040" / "hf")
+    assert rm_status["latestCheckpoint"]["hfPath"] == str(tmp_path / "ckpt" / "rm" / "checkpoints" / "step_000200" / "hf")
 
     # Again: every stage is finished, so nothing trains.
     capsys.readouterr()
     assert run_manifest(pipeline, output_dir=str(out), backend="local", metrics_port=0) == 0
     printed = capsys.readouterr().out
     assert printed.count("already finished") == 3
-    assert len(metrics(out / "rl")) == 20
+    assert len(metrics(out / "rl")) == 40

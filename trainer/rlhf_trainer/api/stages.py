@@ -194,7 +194,9 @@ def layout_view(spec: Any) -> Any:
     parts that have defaults (the rollout engines) and the reference are left out."""
     if not is_offline(spec.algorithm.name):
         return spec
-    from .spec import RolloutSpec
+    from .spec import KLSpec, RolloutSpec
 
     models = spec.models.model_copy(update={"rollout": RolloutSpec(engine="hf", engines=0), "reference": None})
-    return spec.model_copy(update={"models": models})
+    # No KL term either, so no default reference role is derived from it.
+    algorithm = spec.algorithm.model_copy(update={"kl": KLSpec(coef=0.0)})
+    return spec.model_copy(update={"models": models, "algorithm": algorithm})

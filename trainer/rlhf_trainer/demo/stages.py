@@ -4,7 +4,8 @@ The task is the demo's (task.py): the prompt names a letter, a good completion r
 - sft: prompt -> a response that half repeats the letter (SFT teaches the format and part of the
   task, so the RL stage after it still has reward to gain);
 - preferences (rm, dpo): the chosen completion holds the letter 3-4 times out of 4, the rejected
-  one 0-1 times (the rest: other letters of the task, or any characters);
+  one 0-1 times (the rest: one other letter of the task repeated, or any characters, so that a
+  reward model must read the prompt rather than reward any repeated letter);
 - kto: the same completions unpaired, labelled desirable (true) or undesirable (false).
 Each comes with a held-out split (`*-eval.jsonl`) drawn with another seed.
 """
@@ -17,14 +18,20 @@ import random
 
 from .task import TARGETS, TEMPLATES
 
-VERSION = "1"
+VERSION = "2"
 LENGTH = 4
 FILLER = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
 def _completion(rng: random.Random, target: str, hits: int) -> str:
-    others = [c for c in (TARGETS if rng.random() < 0.5 else FILLER) if c != target]
-    chars = [target] * hits + [rng.choice(others) for _ in range(LENGTH - hits)]
+    """`hits` copies of the target letter; the rest either one other letter of the task repeated
+    (so that repeating a letter is not enough: a scorer must read the prompt) or any characters."""
+    wrong = rng.choice([c for c in TARGETS if c != target])
+    if rng.random() < 0.5:
+        rest = [wrong] * (LENGTH - hits)
+    else:
+        rest = [rng.choice([c for c in FILLER if c != target]) for _ in range(LENGTH - hits)]
+    chars = [target] * hits + rest
     rng.shuffle(chars)
     return "".join(chars)
 
