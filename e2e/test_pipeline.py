@@ -28,7 +28,9 @@ NAME = "pl"
 
 class PipelineApi(Api):
     def pipeline(self, namespace: str, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object("rlhf.io", "v1alpha1", namespace, "rlhfpipelines", name)
+        return self.custom.get_namespaced_custom_object(
+            "rlhf.io", "v1alpha1", namespace, "rlhfpipelines", name
+        )
 
     def job_or_none(self, namespace: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.rest import ApiException
@@ -58,11 +60,17 @@ class PipelineApi(Api):
         eventually(lambda: self.rayjob(namespace, rayjob), 15, f"RayJob {rayjob}")
         self.set_rayjob_status(namespace, rayjob, jobDeploymentStatus="Running", jobStatus="RUNNING")
         if succeeded:
-            self.set_rayjob_status(namespace, rayjob, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED",
-                                   endTime="2026-01-01T00:00:00Z")
+            self.set_rayjob_status(
+                namespace,
+                rayjob,
+                jobDeploymentStatus="Complete",
+                jobStatus="SUCCEEDED",
+                endTime="2026-01-01T00:00:00Z",
+            )
         else:
-            self.set_rayjob_status(namespace, rayjob, jobDeploymentStatus="Failed", jobStatus="FAILED",
-                                   reason="AppFailed")
+            self.set_rayjob_status(
+                namespace, rayjob, jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed"
+            )
 
     def wait_stage(self, namespace: str, stage: str, phase: str, timeout: float = 20.0) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
@@ -73,7 +81,9 @@ class PipelineApi(Api):
         try:
             return eventually(reached, timeout, f"stage {stage} to reach {phase}")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}; status now: {self.pipeline(namespace, NAME).get('status')}") from None
+            raise AssertionError(
+                f"{exc}; status now: {self.pipeline(namespace, NAME).get('status')}"
+            ) from None
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +92,9 @@ def papi(kubeconfig: Path) -> PipelineApi:
 
 
 @pytest.fixture(scope="module")
-def pipeline_operators(control_plane: ControlPlane, kubectl: Kubectl, tmp_path_factory) -> Iterator[Operators]:
+def pipeline_operators(
+    control_plane: ControlPlane, kubectl: Kubectl, tmp_path_factory
+) -> Iterator[Operators]:
     home = f"rlhfpl-home-{int(time.time()) % 100000}"
     kubectl("create", "namespace", home)
     operators = Operators(control_plane, kubectl, home, tmp_path_factory.mktemp("pipeline-operators"))
@@ -126,8 +138,13 @@ def test_stages_run_in_order_resume_after_a_restart_and_a_succeeded_stage_is_nev
     papi.wait_stage(namespace, "rm", "Running")
     operator.kill()
     papi.export(namespace, "pl-rm", "/ckpt/pl/rm/step_000040/hf")
-    papi.set_rayjob_status(namespace, "pl-rm-a0", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED",
-                           endTime="2026-01-01T00:00:00Z")
+    papi.set_rayjob_status(
+        namespace,
+        "pl-rm-a0",
+        jobDeploymentStatus="Complete",
+        jobStatus="SUCCEEDED",
+        endTime="2026-01-01T00:00:00Z",
+    )
     time.sleep(1.0)
     assert papi.jobs(namespace) == ["pl-rm", "pl-sft"]  # nobody acts while the operator is down
     operator = pipeline_operators.start(namespace)
@@ -160,7 +177,9 @@ PIPELINES = [p for p in sorted((REPO / "examples").glob("*.yaml")) if "kind: RLH
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=[p.stem for p in PIPELINES])
-def test_every_stage_of_the_example_pipelines_renders_objects_the_api_server_accepts(path, kubectl, namespace):
+def test_every_stage_of_the_example_pipelines_renders_objects_the_api_server_accepts(
+    path, kubectl, namespace
+):
     """Each stage as the operator would create it (stage:// replaced by an export path), rendered
     into its RayJob and the rest, passes a strict server-side dry run (KubeRay's CRDs included)."""
     from rlhf_operator.pipeline import decide
@@ -185,6 +204,8 @@ def test_every_stage_of_the_example_pipelines_renders_objects_the_api_server_acc
         assert proc.returncode == 0 and "Warning" not in proc.stderr, proc.stderr
         name = child["metadata"]["name"]
         hf = f"/checkpoints/{name}/step_000001/hf"
-        children[name] = {"metadata": {"name": name}, "status": {
-            "phase": "Succeeded", "latestCheckpoint": {"step": 1, "path": hf, "hfPath": hf}}}
+        children[name] = {
+            "metadata": {"name": name},
+            "status": {"phase": "Succeeded", "latestCheckpoint": {"step": 1, "path": hf, "hfPath": hf}},
+        }
     assert decide(doc, children).status["phase"] == "Succeeded"

@@ -52,14 +52,16 @@ def child_manifest(pipeline: dict[str, Any], stage_name: str, spec: dict[str, An
             "name": child_job_name(meta["name"], stage_name),
             "namespace": meta.get("namespace"),
             "labels": {LABEL_PIPELINE: meta["name"], LABEL_STAGE: stage_name},
-            "ownerReferences": [{
-                "apiVersion": API_VERSION,
-                "kind": PIPELINE_KIND,
-                "name": meta["name"],
-                "uid": meta["uid"],
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }],
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": PIPELINE_KIND,
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
         },
         "spec": spec,
     }
@@ -74,8 +76,14 @@ def decide(pipeline: dict[str, Any], children: dict[str, dict[str, Any]]) -> Pip
     parsed, errors = validate_pipeline(body)
     if parsed is None:
         message = "; ".join(str(e) for e in errors)
-        return PipelinePlan(status={**_keep(previous), "phase": "Failed", "message": message,
-                                    "observedGeneration": generation})
+        return PipelinePlan(
+            status={
+                **_keep(previous),
+                "phase": "Failed",
+                "message": message,
+                "observedGeneration": generation,
+            }
+        )
     recorded = {s.get("name"): s for s in previous.get("stages") or []}
     stages = parsed.spec.stages
     rows: list[dict[str, Any]] = []
@@ -97,8 +105,10 @@ def decide(pipeline: dict[str, Any], children: dict[str, dict[str, Any]]) -> Pip
                 row = {"name": stage.name, "job": job, "phase": "Failed"}
                 rows.append(row)
                 phase, current = "Failed", stage.name
-                message = (f"stage {stage.name}: stage {exc.args[0]!r} succeeded without an exported model "
-                           f"(status.latestCheckpoint.hfPath)")
+                message = (
+                    f"stage {stage.name}: stage {exc.args[0]!r} succeeded without an exported model "
+                    f"(status.latestCheckpoint.hfPath)"
+                )
                 break
             create.append(child_manifest(pipeline, stage.name, spec))
             row = {"name": stage.name, "job": job, "phase": "Pending"}
@@ -112,7 +122,7 @@ def decide(pipeline: dict[str, Any], children: dict[str, dict[str, Any]]) -> Pip
         else:
             phase, message = "Running", f"stage {index + 1}/{len(stages)}: {stage.name} ({row['phase']})"
         break
-    rows += [{"name": s.name, "phase": WAITING} for s in stages[len(rows):]]
+    rows += [{"name": s.name, "phase": WAITING} for s in stages[len(rows) :]]
     done = sum(r["phase"] == "Succeeded" for r in rows)
     status = {
         "phase": phase,

@@ -38,8 +38,9 @@ def reconcile_pipeline_sync(namespace: str, name: str) -> None:
         if exc.status == 404:
             return
         raise
-    listed = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                               label_selector=f"{LABEL_PIPELINE}={name}")
+    listed = api.list_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, label_selector=f"{LABEL_PIPELINE}={name}"
+    )
     uid = pipeline["metadata"]["uid"]
     children = {
         item["metadata"]["name"]: item
@@ -55,8 +56,9 @@ def reconcile_pipeline_sync(namespace: str, name: str) -> None:
                 raise
     patch = status_patch(pipeline.get("status") or {}, plan.status)
     if patch is not None:
-        api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PIPELINE_PLURAL, name,
-                                                  {"status": patch})
+        api.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PIPELINE_PLURAL, name, {"status": patch}
+        )
 
 
 @kopf.on.resume(GROUP, VERSION, PIPELINE_PLURAL, backoff=5.0)

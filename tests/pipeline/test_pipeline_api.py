@@ -28,7 +28,9 @@ def test_the_tiny_pipeline_is_valid() -> None:
 def test_a_reference_to_a_later_or_unknown_stage_is_rejected() -> None:
     doc = copy.deepcopy(EXAMPLE)
     doc["spec"]["stages"][0]["spec"]["models"]["actor"]["model"] = "stage://rm"
-    assert errors_of(doc) == ["spec.stages[0].spec.models.actor.model: stage://rm: no earlier stage named 'rm'"]
+    assert errors_of(doc) == [
+        "spec.stages[0].spec.models.actor.model: stage://rm: no earlier stage named 'rm'"
+    ]
 
 
 def test_a_reward_model_must_come_from_an_rm_stage_and_an_actor_not() -> None:
@@ -36,10 +38,16 @@ def test_a_reward_model_must_come_from_an_rm_stage_and_an_actor_not() -> None:
     doc["spec"]["stages"][2]["spec"]["models"]["reward"][0]["model"] = "stage://sft"
     doc["spec"]["stages"][2]["spec"]["models"]["actor"]["model"] = "stage://rm"
     errors = errors_of(doc)
-    assert any(e.startswith("spec.stages[2].spec.models.reward[0].model: stage://sft: a reward model comes from an rm")
-               for e in errors), errors
-    assert any(e.startswith("spec.stages[2].spec.models.actor.model: stage://rm: stage 'rm' trains a reward model")
-               for e in errors), errors
+    assert any(
+        e.startswith(
+            "spec.stages[2].spec.models.reward[0].model: stage://sft: a reward model comes from an rm"
+        )
+        for e in errors
+    ), errors
+    assert any(
+        e.startswith("spec.stages[2].spec.models.actor.model: stage://rm: stage 'rm' trains a reward model")
+        for e in errors
+    ), errors
 
 
 def test_a_referenced_stage_must_export_its_model() -> None:
@@ -60,13 +68,17 @@ def test_stage_names_are_unique_and_bounded() -> None:
 def test_stage_errors_name_the_field_inside_the_stage() -> None:
     doc = copy.deepcopy(EXAMPLE)
     doc["spec"]["stages"][0]["spec"]["models"]["critic"] = {"model": "/m"}
-    assert "spec.stages[0].spec.models.critic: not used by offline stages (sft, rm, dpo, kto): remove it" in errors_of(doc)
+    assert (
+        "spec.stages[0].spec.models.critic: not used by offline stages (sft, rm, dpo, kto): remove it"
+        in errors_of(doc)
+    )
 
 
 def test_pipeline_crd_is_in_sync_and_carries_the_printer_columns() -> None:
     for directory in ("crds", "helm/rlhf-operator/crds"):
         assert (ROOT / directory / "rlhfpipelines.rlhf.io.yaml").read_text() == render_pipeline_crd(), (
-            f"{directory} is stale: run `make crds`")
+            f"{directory} is stale: run `make crds`"
+        )
     version = pipeline_crd_manifest()["spec"]["versions"][0]
     assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Stage", "Done", "Age"]
     stages = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["stages"]

@@ -69,21 +69,31 @@ def test_the_next_stage_takes_the_exported_models_of_the_stages_it_names() -> No
 
 
 def test_a_succeeded_stage_whose_job_was_deleted_is_not_rerun() -> None:
-    recorded = decide(pipeline(), {
-        "tiny-pipeline-cpu-sft": child("tiny-pipeline-cpu-sft", "Succeeded", "/ckpt/sft/hf"),
-        "tiny-pipeline-cpu-rm": child("tiny-pipeline-cpu-rm", "Running"),
-    }).status
+    recorded = decide(
+        pipeline(),
+        {
+            "tiny-pipeline-cpu-sft": child("tiny-pipeline-cpu-sft", "Succeeded", "/ckpt/sft/hf"),
+            "tiny-pipeline-cpu-rm": child("tiny-pipeline-cpu-rm", "Running"),
+        },
+    ).status
     plan = decide(pipeline(recorded), {"tiny-pipeline-cpu-rm": child("tiny-pipeline-cpu-rm", "Running")})
     assert plan.create == []
-    assert plan.status["stages"][0] == {"name": "sft", "job": "tiny-pipeline-cpu-sft", "phase": "Succeeded",
-                                        "model": "/ckpt/sft/hf"}
+    assert plan.status["stages"][0] == {
+        "name": "sft",
+        "job": "tiny-pipeline-cpu-sft",
+        "phase": "Succeeded",
+        "model": "/ckpt/sft/hf",
+    }
 
 
 def test_a_failed_stage_fails_the_pipeline_and_starts_nothing_after_it() -> None:
-    plan = decide(pipeline(), {
-        "tiny-pipeline-cpu-sft": child("tiny-pipeline-cpu-sft", "Succeeded", "/ckpt/sft/hf"),
-        "tiny-pipeline-cpu-rm": child("tiny-pipeline-cpu-rm", "Failed"),
-    })
+    plan = decide(
+        pipeline(),
+        {
+            "tiny-pipeline-cpu-sft": child("tiny-pipeline-cpu-sft", "Succeeded", "/ckpt/sft/hf"),
+            "tiny-pipeline-cpu-rm": child("tiny-pipeline-cpu-rm", "Failed"),
+        },
+    )
     assert plan.create == []
     assert plan.status["phase"] == "Failed" and plan.status["currentStage"] == "rm"
     assert [s["phase"] for s in plan.status["stages"]] == ["Succeeded", "Failed", "Waiting"]
@@ -92,12 +102,17 @@ def test_a_failed_stage_fails_the_pipeline_and_starts_nothing_after_it() -> None
 def test_a_stage_that_succeeded_without_an_export_fails_the_stage_that_needs_it() -> None:
     plan = decide(pipeline(), {"tiny-pipeline-cpu-sft": child("tiny-pipeline-cpu-sft", "Succeeded")})
     assert plan.create == []
-    assert plan.status["phase"] == "Failed" and "'sft' succeeded without an exported model" in plan.status["message"]
+    assert (
+        plan.status["phase"] == "Failed"
+        and "'sft' succeeded without an exported model" in plan.status["message"]
+    )
 
 
 def test_all_stages_succeeded() -> None:
-    children = {f"tiny-pipeline-cpu-{s}": child(f"tiny-pipeline-cpu-{s}", "Succeeded", f"/ckpt/{s}/hf")
-                for s in ("sft", "rm", "rl")}
+    children = {
+        f"tiny-pipeline-cpu-{s}": child(f"tiny-pipeline-cpu-{s}", "Succeeded", f"/ckpt/{s}/hf")
+        for s in ("sft", "rm", "rl")
+    }
     plan = decide(pipeline(), children)
     assert plan.create == [] and plan.status["phase"] == "Succeeded" and plan.status["summary"] == "3/3"
     assert "currentStage" not in plan.status

@@ -28,7 +28,11 @@ def test_tiny_pipeline_runs_sft_rm_and_rl_whose_reward_from_the_trained_rm_rises
 
     root = str(Path(demo_assets["model"]).parent)
     build_stage_data(root)
-    text = EXAMPLE.read_text().replace(".cache/demo", root).replace("runs/tiny-pipeline-cpu", str(tmp_path / "ckpt"))
+    text = (
+        EXAMPLE.read_text()
+        .replace(".cache/demo", root)
+        .replace("runs/tiny-pipeline-cpu", str(tmp_path / "ckpt"))
+    )
     pipeline, errors = validate_manifest(yaml.safe_load(text))
     assert not errors
     out = tmp_path / "out"
@@ -42,9 +46,11 @@ def test_tiny_pipeline_runs_sft_rm_and_rl_whose_reward_from_the_trained_rm_rises
     task = [row["reward/task"] for row in rl]  # the verifiable task reward, logged with weight 0
     task_first, task_last = sum(task[:5]) / 5, sum(task[-5:]) / 5
     with capsys.disabled():
-        print(f"\nsft eval loss {sft_loss[0]:.3f} -> {sft_loss[-1]:.3f}; rm eval accuracy {rm_accuracy[0]:.3f} -> "
-              f"{rm_accuracy[-1]:.3f}; rl reward (trained RM) first 5 {first:.3f} -> last 5 {last:.3f}; "
-              f"task reward {task_first:.3f} -> {task_last:.3f}")
+        print(
+            f"\nsft eval loss {sft_loss[0]:.3f} -> {sft_loss[-1]:.3f}; rm eval accuracy {rm_accuracy[0]:.3f} -> "
+            f"{rm_accuracy[-1]:.3f}; rl reward (trained RM) first 5 {first:.3f} -> last 5 {last:.3f}; "
+            f"task reward {task_first:.3f} -> {task_last:.3f}"
+        )
     assert sft_loss[-1] < sft_loss[0]
     assert rm_accuracy[-1] >= 0.9
     assert last > first + 0.5
@@ -54,7 +60,9 @@ def test_tiny_pipeline_runs_sft_rm_and_rl_whose_reward_from_the_trained_rm_rises
     rl_status = json.loads((out / "rl" / "status.json").read_text())
     assert rl_status["progress"]["step"] == 40
     rm_status = json.loads((out / "rm" / "status.json").read_text())
-    assert rm_status["latestCheckpoint"]["hfPath"] == str(tmp_path / "ckpt" / "rm" / "checkpoints" / "step_000200" / "hf")
+    assert rm_status["latestCheckpoint"]["hfPath"] == str(
+        tmp_path / "ckpt" / "rm" / "checkpoints" / "step_000200" / "hf"
+    )
 
     # Again: every stage is finished, so nothing trains.
     capsys.readouterr()

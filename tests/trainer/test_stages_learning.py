@@ -36,11 +36,24 @@ def test_sft_lowers_the_held_out_loss(demo_assets, stage_data, tmp_path: Path) -
     AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt" / "step_000020" / "hf")
 
 
-def test_reward_model_accuracy_rises_and_its_export_loads_as_a_reward(demo_assets, stage_data, tmp_path) -> None:
-    doc = stage_manifest("rm", demo_assets["model"], stage_data,
-                         {**checkpoint(tmp_path / "ckpt", 200),
-                          "training": {"maxSteps": 200, "trainBatchSize": 32, "microBatchSize": 32,
-                                       "actorLearningRate": 1e-3, "evalEverySteps": 50}})
+def test_reward_model_accuracy_rises_and_its_export_loads_as_a_reward(
+    demo_assets, stage_data, tmp_path
+) -> None:
+    doc = stage_manifest(
+        "rm",
+        demo_assets["model"],
+        stage_data,
+        {
+            **checkpoint(tmp_path / "ckpt", 200),
+            "training": {
+                "maxSteps": 200,
+                "trainBatchSize": 32,
+                "microBatchSize": 32,
+                "actorLearningRate": 1e-3,
+                "evalEverySteps": 50,
+            },
+        },
+    )
     assert run(doc, tmp_path / "out") == 0
     accuracy = evals(metrics(tmp_path / "out"), "rm/accuracy")
     print("rm eval/rm/accuracy:", accuracy)
@@ -58,11 +71,16 @@ def test_reward_model_accuracy_rises_and_its_export_loads_as_a_reward(demo_asset
     assert wins == pytest.approx(accuracy[-1], abs=1e-9)  # the loader scores as the stage trained
 
 
-@pytest.mark.parametrize("variant", [{}, {"lossType": "ipo"}, {"labelSmoothing": 0.1}],
-                         ids=["dpo", "ipo", "conservative"])
+@pytest.mark.parametrize(
+    "variant", [{}, {"lossType": "ipo"}, {"labelSmoothing": 0.1}], ids=["dpo", "ipo", "conservative"]
+)
 def test_dpo_implicit_reward_accuracy_and_margin_grow(demo_assets, stage_data, tmp_path, variant) -> None:
-    doc = stage_manifest("dpo", demo_assets["model"], stage_data,
-                         {"algorithm": {"dpo": {"beta": 0.5, **variant}}, "training": {"maxSteps": 15}})
+    doc = stage_manifest(
+        "dpo",
+        demo_assets["model"],
+        stage_data,
+        {"algorithm": {"dpo": {"beta": 0.5, **variant}}, "training": {"maxSteps": 15}},
+    )
     assert run(doc, tmp_path / "out") == 0
     rows = metrics(tmp_path / "out")
     accuracy, margin = evals(rows, "dpo/accuracy"), evals(rows, "dpo/margin")
@@ -72,16 +90,33 @@ def test_dpo_implicit_reward_accuracy_and_margin_grow(demo_assets, stage_data, t
 
 
 def test_kto_loss_falls_and_rewards_separate(demo_assets, stage_data, tmp_path) -> None:
-    doc = stage_manifest("kto", demo_assets["model"], stage_data,
-                         {"algorithm": {"kto": {"beta": 0.5}},
-                          "training": {"trainBatchSize": 32, "microBatchSize": 32, "maxSteps": 30,
-                                       "actorLearningRate": 2e-3, "evalEverySteps": 10}})
+    doc = stage_manifest(
+        "kto",
+        demo_assets["model"],
+        stage_data,
+        {
+            "algorithm": {"kto": {"beta": 0.5}},
+            "training": {
+                "trainBatchSize": 32,
+                "microBatchSize": 32,
+                "maxSteps": 30,
+                "actorLearningRate": 2e-3,
+                "evalEverySteps": 10,
+            },
+        },
+    )
     assert run(doc, tmp_path / "out") == 0
     rows = metrics(tmp_path / "out")
     losses = [row["kto/loss"] for row in rows]
     held_out, margin = evals(rows, "kto/loss"), evals(rows, "kto/margin")
-    print("kto loss:", [round(v, 3) for v in losses], "eval loss:", [round(v, 3) for v in held_out],
-          "eval margin:", [round(m, 3) for m in margin])
+    print(
+        "kto loss:",
+        [round(v, 3) for v in losses],
+        "eval loss:",
+        [round(v, 3) for v in held_out],
+        "eval margin:",
+        [round(m, 3) for m in margin],
+    )
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.02
     assert held_out[-1] < held_out[0] - 0.02
     assert margin[-1] > margin[0] and margin[-1] > 0

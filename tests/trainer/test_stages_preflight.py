@@ -17,13 +17,18 @@ def test_stage_preflight_names_each_bad_field(demo_assets, tmp_path: Path, capsy
     prefs = tmp_path / "prefs.jsonl"
     prefs.write_text(json.dumps({"prompt": "say a", "good": "aaaa", "rejected": "bbbb"}) + "\n")
 
-    kto = stage_manifest("kto", demo_assets["model"], {"kto": str(data), "kto-eval": str(tmp_path / "none.jsonl")})
+    kto = stage_manifest(
+        "kto", demo_assets["model"], {"kto": str(data), "kto-eval": str(tmp_path / "none.jsonl")}
+    )
     assert run(kto, tmp_path / "out") == 1
     err = capsys.readouterr().err
     assert "spec.data.prompts.labelKey: row 0 column 'label' holds str, expected bool" in err
     assert f"spec.data.eval.path: {tmp_path / 'none.jsonl'} does not exist" in err
 
-    rm = stage_manifest("rm", demo_assets["model"], {"preferences": str(prefs), "preferences-eval": str(prefs)})
+    rm = stage_manifest(
+        "rm", demo_assets["model"], {"preferences": str(prefs), "preferences-eval": str(prefs)}
+    )
     assert run(rm, tmp_path / "out2") == 1
     assert "spec.data.prompts.chosenKey: column 'chosen' not found; columns: prompt, good, rejected" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )

@@ -28,19 +28,32 @@ def test_a_resumed_stage_reproduces_the_uninterrupted_run(demo_assets, stage, tm
 
     data = build_stage_data(str(Path(demo_assets["model"]).parent))
     # Cosine with warmup, 2 micro batches per step, shuffled data: all of it must be restored.
-    overrides = {"training": {"maxSteps": 4, "trainBatchSize": 8, "microBatchSize": 4, "lrSchedule": "cosine",
-                              "warmupRatio": 0.25, "evalEverySteps": 0}}
+    overrides = {
+        "training": {
+            "maxSteps": 4,
+            "trainBatchSize": 8,
+            "microBatchSize": 4,
+            "lrSchedule": "cosine",
+            "warmupRatio": 0.25,
+            "evalEverySteps": 0,
+        }
+    }
     full = stage_manifest(stage, demo_assets["model"], data, {**overrides, **checkpoint(tmp_path / "a", 2)})
     full["spec"]["data"].pop("eval")
     assert run(full, tmp_path / "out-a") == 0
 
     (tmp_path / "b").mkdir()
     shutil.copytree(tmp_path / "a" / "step_000002", tmp_path / "b" / "step_000002")
-    resumed = stage_manifest(stage, demo_assets["model"], data, {**overrides, **checkpoint(tmp_path / "b", 2)})
+    resumed = stage_manifest(
+        stage, demo_assets["model"], data, {**overrides, **checkpoint(tmp_path / "b", 2)}
+    )
     resumed["spec"]["data"].pop("eval")
     assert run(resumed, tmp_path / "out-b") == 0  # resume: auto picks step 2
 
-    expected, got = _weights(tmp_path / "a" / "step_000004" / "hf"), _weights(tmp_path / "b" / "step_000004" / "hf")
+    expected, got = (
+        _weights(tmp_path / "a" / "step_000004" / "hf"),
+        _weights(tmp_path / "b" / "step_000004" / "hf"),
+    )
     assert expected.keys() == got.keys()
     assert not [name for name in expected if not torch.equal(expected[name], got[name])]
     a, b = metrics(tmp_path / "out-a"), metrics(tmp_path / "out-b")

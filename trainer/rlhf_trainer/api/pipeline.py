@@ -72,8 +72,12 @@ class StageStatus(ApiModel):
 class RLHFPipelineStatus(ApiModel):
     phase: PipelinePhase | None = Field(default=None, description="Pending, Running, Succeeded or Failed.")
     current_stage: str | None = Field(default=None, description="The stage running now (or that failed).")
-    summary: str | None = Field(default=None, description="Succeeded stages / all stages, shown by kubectl get.")
-    stages: list[StageStatus] = Field(default_factory=list, max_length=MAX_STAGES, description="Per-stage state.")
+    summary: str | None = Field(
+        default=None, description="Succeeded stages / all stages, shown by kubectl get."
+    )
+    stages: list[StageStatus] = Field(
+        default_factory=list, max_length=MAX_STAGES, description="Per-stage state."
+    )
     message: str | None = Field(default=None, description="Latest human-readable message.")
     observed_generation: int | None = Field(default=None, description="Spec generation last reconciled.")
 
@@ -113,7 +117,7 @@ def model_fields(spec: RLHFJobSpec) -> list[tuple[str, str, str]]:
 
 
 def referenced_stage(value: str) -> str | None:
-    return value[len(STAGE_REF):] if value.startswith(STAGE_REF) else None
+    return value[len(STAGE_REF) :] if value.startswith(STAGE_REF) else None
 
 
 def reference_errors(spec: RLHFPipelineSpec) -> list[FieldError]:
@@ -131,14 +135,24 @@ def reference_errors(spec: RLHFPipelineSpec) -> list[FieldError]:
             if source is None:
                 errors.append(FieldError(field, f"{value}: no earlier stage named {name!r}"))
             elif source.checkpoint is None or not source.checkpoint.export_hf:
-                errors.append(FieldError(field, f"{value}: stage {name!r} exports no model "
-                                                "(set its checkpoint with exportHF: true)"))
+                errors.append(
+                    FieldError(
+                        field,
+                        f"{value}: stage {name!r} exports no model (set its checkpoint with exportHF: true)",
+                    )
+                )
             elif kind == "reward" and source.algorithm.name != "rm":
-                errors.append(FieldError(field, f"{value}: a reward model comes from an rm stage, "
-                                                f"{name!r} is {source.algorithm.name}"))
+                errors.append(
+                    FieldError(
+                        field,
+                        f"{value}: a reward model comes from an rm stage, "
+                        f"{name!r} is {source.algorithm.name}",
+                    )
+                )
             elif kind in ("actor", "reference", "tokenizer") and source.algorithm.name == "rm":
-                errors.append(FieldError(field, f"{value}: stage {name!r} trains a reward model, not a "
-                                                "language model"))
+                errors.append(
+                    FieldError(field, f"{value}: stage {name!r} trains a reward model, not a language model")
+                )
         earlier[stage.name] = stage.spec
     return errors
 
@@ -161,7 +175,9 @@ def resolve_references(stage_spec: dict[str, Any], exported: dict[str, str | Non
         if isinstance(models.get(role), dict):
             models[role] = {k: fix(v) if k in ("model", "tokenizer") else v for k, v in models[role].items()}
     if isinstance(models.get("reward"), list):
-        models["reward"] = [{k: fix(v) if k == "model" else v for k, v in s.items()} for s in models["reward"]]
+        models["reward"] = [
+            {k: fix(v) if k == "model" else v for k, v in s.items()} for s in models["reward"]
+        ]
     return {**stage_spec, "models": models}
 
 
@@ -201,7 +217,9 @@ def pipeline_crd_manifest() -> dict[str, Any]:
             "kind": {"type": "string", "description": PIPELINE_KIND},
             "metadata": {"type": "object"},
             "spec": model_schema(RLHFPipelineSpec, "The stages, run in order."),
-            "status": _without_defaults(model_schema(RLHFPipelineStatus, "Observed state, written by the operator.")),
+            "status": _without_defaults(
+                model_schema(RLHFPipelineStatus, "Observed state, written by the operator.")
+            ),
         },
         "x-kubernetes-validations": [
             {

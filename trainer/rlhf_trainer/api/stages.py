@@ -46,7 +46,9 @@ def is_offline(name: str) -> bool:
 class DPOSpec(ApiModel):
     """Direct preference optimisation (Rafailov et al. 2023) and its variants."""
 
-    beta: float = Field(default=0.1, gt=0, le=100, description="Strength of the implicit KL to the reference.")
+    beta: float = Field(
+        default=0.1, gt=0, le=100, description="Strength of the implicit KL to the reference."
+    )
     loss_type: Literal["sigmoid", "ipo"] = Field(
         default="sigmoid",
         description="sigmoid: DPO; ipo: the squared loss of IPO (Azar et al. 2023, on length-averaged "
@@ -148,8 +150,12 @@ def stage_rules() -> tuple[Rule, ...]:
     for key, stages in STAGE_KEYS.items():
         wire = "[" + ", ".join(f"'{name}'" for name in stages) + "]"
         for source in ("prompts", "eval"):
-            snake = {"responseKey": "response_key", "chosenKey": "chosen_key", "rejectedKey": "rejected_key",
-                     "completionKey": "completion_key"}[key]
+            snake = {
+                "responseKey": "response_key",
+                "chosenKey": "chosen_key",
+                "rejectedKey": "rejected_key",
+                "completionKey": "completion_key",
+            }[key]
             guard = "has(self.data.eval) && " if source == "eval" else ""
             rules.append(
                 Rule(
@@ -196,7 +202,9 @@ def layout_view(spec: Any) -> Any:
         return spec
     from .spec import KLSpec, RolloutSpec
 
-    models = spec.models.model_copy(update={"rollout": RolloutSpec(engine="hf", engines=0), "reference": None})
+    models = spec.models.model_copy(
+        update={"rollout": RolloutSpec(engine="hf", engines=0), "reference": None}
+    )
     # No KL term either, so no default reference role is derived from it.
     algorithm = spec.algorithm.model_copy(update={"kl": KLSpec(coef=0.0)})
     return spec.model_copy(update={"models": models, "algorithm": algorithm})

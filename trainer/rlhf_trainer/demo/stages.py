@@ -55,11 +55,13 @@ def preference_rows(count: int, seed: int) -> list[dict]:
     rows = []
     for _ in range(count):
         prompt, target = _prompt(rng)
-        rows.append({
-            "prompt": prompt,
-            "chosen": _completion(rng, target, rng.choice((3, 4))),
-            "rejected": _completion(rng, target, rng.choice((0, 1))),
-        })
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": _completion(rng, target, rng.choice((3, 4))),
+                "rejected": _completion(rng, target, rng.choice((0, 1))),
+            }
+        )
     return rows
 
 
@@ -80,8 +82,9 @@ def _write(path: str, rows: list[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def build_stage_data(root: str = ".cache/demo", force: bool = False, rows: int = 512, eval_rows: int = 64
-                     ) -> dict[str, str]:
+def build_stage_data(
+    root: str = ".cache/demo", force: bool = False, rows: int = 512, eval_rows: int = 64
+) -> dict[str, str]:
     """Write sft, preferences and kto JSONL files (+ -eval splits) under `root`; returns their paths."""
     builders = {"sft": sft_rows, "preferences": preference_rows, "kto": kto_rows}
     paths = {}

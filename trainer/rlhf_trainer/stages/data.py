@@ -47,8 +47,9 @@ def stage_columns(stage: str, source: PromptSource) -> dict[str, tuple[str, str]
 class ExampleDataset(PromptDataset):
     """A PromptDataset whose rows carry the stage's columns; `next_examples(n)` serves them."""
 
-    def __init__(self, stage: str, source: PromptSource, tokenizer: Any, seed: int, shuffle: bool,
-                 field: str) -> None:
+    def __init__(
+        self, stage: str, source: PromptSource, tokenizer: Any, seed: int, shuffle: bool, field: str
+    ) -> None:
         super().__init__(source, tokenizer, max_prompt_length=0, seed=seed, shuffle=shuffle, field=field)
         self.stage = stage
         self.columns = stage_columns(stage, source)
@@ -57,15 +58,21 @@ class ExampleDataset(PromptDataset):
         if self._inputs is not None:
             return
         src = self.source
-        if src.chat_template and (self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None)):
-            raise DataConfigError(f"{self.field}.chatTemplate: the tokenizer has no chat template; "
-                                  "set chatTemplate: false (optionally with an inputTemplate)")
+        if src.chat_template and (
+            self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None)
+        ):
+            raise DataConfigError(
+                f"{self.field}.chatTemplate: the tokenizer has no chat template; "
+                "set chatTemplate: false (optionally with an inputTemplate)"
+            )
         rows = load_rows(src, self.field)
         names = list(rows.column_names)
         for key, column in [("inputKey", src.input_key), *self.columns.values()]:
             if column not in names:
-                raise DataConfigError(f"{self.field}.{key}: column '{column}' not found; "
-                                      f"columns: {', '.join(names) or '(none)'}")
+                raise DataConfigError(
+                    f"{self.field}.{key}: column '{column}' not found; "
+                    f"columns: {', '.join(names) or '(none)'}"
+                )
         if len(rows) == 0:
             raise DataConfigError(f"{self.field}: no rows in {src.path or src.dataset}")
         if src.max_samples is not None and src.max_samples < len(rows):
@@ -77,8 +84,10 @@ class ExampleDataset(PromptDataset):
             expected = bool if role == "label" else str
             bad = next((i for i, v in enumerate(values[role]) if not isinstance(v, expected)), None)
             if bad is not None:
-                raise DataConfigError(f"{self.field}.{key}: row {bad} column '{column}' holds "
-                                      f"{type(values[role][bad]).__name__}, expected {expected.__name__}")
+                raise DataConfigError(
+                    f"{self.field}.{key}: row {bad} column '{column}' holds "
+                    f"{type(values[role][bad]).__name__}, expected {expected.__name__}"
+                )
         self.format(self._inputs[0], 0)
 
     def next_examples(self, n: int) -> list[Example]:

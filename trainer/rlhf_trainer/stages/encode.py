@@ -38,8 +38,14 @@ def _pad(rows: list[tuple[list[int], int]], pad_id: int) -> Encoded:
     return Encoded(input_ids, attention, target)
 
 
-def encode_completions(tokenizer: Any, prompts: list[str], targets: list[str], add_special_tokens: bool,
-                       max_prompt: int, max_target: int) -> Encoded:
+def encode_completions(
+    tokenizer: Any,
+    prompts: list[str],
+    targets: list[str],
+    add_special_tokens: bool,
+    max_prompt: int,
+    max_target: int,
+) -> Encoded:
     """prompt + target + eos for a causal LM; the mask covers target and eos."""
     rows = []
     for prompt, target in zip(prompts, targets, strict=True):

@@ -31,8 +31,11 @@ def load_reward_model(role: RoleSpec, use_gpu: bool, pad_token_id: int) -> torch
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        role.model, num_labels=1, dtype=model_dtype(role, use_gpu, FIELD),
-        attn_implementation=role.attn_implementation, trust_remote_code=role.trust_remote_code,
+        role.model,
+        num_labels=1,
+        dtype=model_dtype(role, use_gpu, FIELD),
+        attn_implementation=role.attn_implementation,
+        trust_remote_code=role.trust_remote_code,
     )
     model.config.pad_token_id = pad_token_id
     _prepare(model, role, trainable=True)
@@ -64,7 +67,12 @@ class StageRole:
             self.reference.to(self.device)
         self.plan = stage_plan(spec, dist.world_size)
         self.engine = TrainingEngine(
-            model.to(self.device), role, spec.training, self.plan, spec.training.actor_learning_rate, dist.use_gpu
+            model.to(self.device),
+            role,
+            spec.training,
+            self.plan,
+            spec.training.actor_learning_rate,
+            dist.use_gpu,
         )
         self.add_special_tokens = not spec.data.prompts.chat_template
         generation = spec.generation
@@ -76,8 +84,9 @@ class StageRole:
     # ---------------------------------------------------------------- forward passes
 
     def _completions(self, prompts: list[str], targets: list[str]) -> Encoded:
-        return encode_completions(self.tokenizer, prompts, targets, self.add_special_tokens,
-                                  self.max_prompt, self.max_target).to(self.device)
+        return encode_completions(
+            self.tokenizer, prompts, targets, self.add_special_tokens, self.max_prompt, self.max_target
+        ).to(self.device)
 
     @staticmethod
     def _token_logprobs(model: Any, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +106,9 @@ class StageRole:
         prompts = [e.prompt for e in examples]
         col = [e.columns for e in examples]
         if self.stage == "sft":
-            logprobs, mask = self._token_logprobs(self.engine, self._completions(prompts, [c["response"] for c in col]))
+            logprobs, mask = self._token_logprobs(
+                self.engine, self._completions(prompts, [c["response"] for c in col])
+            )
             loss = -masked_mean(logprobs, mask)
             return loss, {"sft/loss": loss.detach(), "sft/tokens": mask.sum().float()}
         if self.stage == "rm":
@@ -107,14 +118,23 @@ class StageRole:
             return out.loss, dict(out.metrics)
         if self.stage == "dpo":
             n = len(examples)
-            enc = self._completions(prompts + prompts, [c["chosen"] for c in col] + [c["rejected"] for c in col])
+            enc = self._completions(
+                prompts + prompts, [c["chosen"] for c in col] + [c["rejected"] for c in col]
+            )
             average = self.dpo.loss_type == "ipo"
             policy = self._sequence_logps(self.engine, enc, average)
             with torch.no_grad():
                 assert self.reference is not None
                 ref = self._sequence_logps(self.reference, enc, average)
-            out = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta=self.dpo.beta,
-                           loss_type=self.dpo.loss_type, label_smoothing=self.dpo.label_smoothing)
+            out = dpo_loss(
+                policy[:n],
+                policy[n:],
+                ref[:n],
+                ref[n:],
+                beta=self.dpo.beta,
+                loss_type=self.dpo.loss_type,
+                label_smoothing=self.dpo.label_smoothing,
+            )
             return out.loss, dict(out.metrics)
         enc = self._completions(prompts, [c["completion"] for c in col])
         policy = self._sequence_logps(self.engine, enc, average=False)
@@ -122,8 +142,14 @@ class StageRole:
             assert self.reference is not None
             ref = self._sequence_logps(self.reference, enc, average=False)
         desirable = torch.tensor([bool(c["label"]) for c in col], device=policy.device)
-        return kto_loss(policy, ref, desirable, beta=self.kto.beta, desirable_weight=self.kto.desirable_weight,
-                        undesirable_weight=self.kto.undesirable_weight)
+        return kto_loss(
+            policy,
+            ref,
+            desirable,
+            beta=self.kto.beta,
+            desirable_weight=self.kto.desirable_weight,
+            undesirable_weight=self.kto.undesirable_weight,
+        )
 
     # ---------------------------------------------------------------- train and evaluate
 

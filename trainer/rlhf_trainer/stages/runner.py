@@ -61,13 +61,16 @@ def stage_preflight(spec: RLHFJobSpec, backend: str, resume_from: str | None) ->
             field = "spec.models.actor.tokenizer" if actor.tokenizer else "spec.models.actor.model"
             errors.append(FieldError(field, f"no usable tokenizer: {type(exc).__name__}: {exc}"))
     stage = spec.algorithm.name
-    dataset = ExampleDataset(stage, spec.data.prompts, tokenizer, spec.training.seed, spec.data.shuffle,
-                             "spec.data.prompts")
+    dataset = ExampleDataset(
+        stage, spec.data.prompts, tokenizer, spec.training.seed, spec.data.shuffle, "spec.data.prompts"
+    )
     eval_dataset = None
     if spec.training.eval_every_steps > 0 and spec.data.eval is None:
         errors.append(FieldError("spec.data.eval", "required when training.evalEverySteps > 0"))
     if spec.data.eval is not None:
-        eval_dataset = ExampleDataset(stage, spec.data.eval, tokenizer, spec.training.seed, False, "spec.data.eval")
+        eval_dataset = ExampleDataset(
+            stage, spec.data.eval, tokenizer, spec.training.seed, False, "spec.data.eval"
+        )
     for ds in (dataset, eval_dataset):
         if ds is None or (ds.source.chat_template and tokenizer is None):
             continue
@@ -133,12 +136,17 @@ def train_stage(config: TrainerConfig, prepared: StagePrepared) -> Any:
         group = backend.start_role(ACTOR, StageRole, [(spec, ctx) for ctx in contexts], placements, contexts)
         backend.wait_ready([group])
         roles = Roles(actor=group)
-        log.info("%s stage ready after %.1fs: %d worker(s)", spec.algorithm.name, time.perf_counter() - started,
-                 group.size)
+        log.info(
+            "%s stage ready after %.1fs: %d worker(s)",
+            spec.algorithm.name,
+            time.perf_counter() - started,
+            group.size,
+        )
         telemetry = Telemetry(config, spec.training.max_steps, spec.algorithm.name)
         checkpointer = Checkpointer(spec.checkpoint, spec.training.max_steps) if spec.checkpoint else None
-        loop = StageLoop(spec, group, backend, prepared.dataset, prepared.eval_dataset, telemetry, checkpointer,
-                         roles)
+        loop = StageLoop(
+            spec, group, backend, prepared.dataset, prepared.eval_dataset, telemetry, checkpointer, roles
+        )
         start_step = 0
         if prepared.resume_path is not None:
             state = load_checkpoint(prepared.resume_path, roles, backend)
@@ -155,16 +163,29 @@ def train_stage(config: TrainerConfig, prepared: StagePrepared) -> Any:
         stop()
     last = saved[-1] if saved else None
     return RunSummary(
-        steps=loop.steps_run, rewards=(), step_seconds=tuple(loop.step_seconds),
-        seconds=time.perf_counter() - started, metrics_path=telemetry.metrics_path,
-        plot_path=telemetry.curves_path, checkpoint=last.path if last else None,
+        steps=loop.steps_run,
+        rewards=(),
+        step_seconds=tuple(loop.step_seconds),
+        seconds=time.perf_counter() - started,
+        metrics_path=telemetry.metrics_path,
+        plot_path=telemetry.curves_path,
+        checkpoint=last.path if last else None,
         hf_export=last.hf_path if last else None,
     )
 
 
 class StageLoop:
-    def __init__(self, spec: RLHFJobSpec, group: Any, backend: Any, dataset: Any, eval_dataset: Any,
-                 telemetry: Any, checkpointer: Any, roles: Any) -> None:
+    def __init__(
+        self,
+        spec: RLHFJobSpec,
+        group: Any,
+        backend: Any,
+        dataset: Any,
+        eval_dataset: Any,
+        telemetry: Any,
+        checkpointer: Any,
+        roles: Any,
+    ) -> None:
         self.spec, self.group, self.backend = spec, group, backend
         self.dataset, self.eval_dataset = dataset, eval_dataset
         self.telemetry, self.checkpointer, self.roles = telemetry, checkpointer, roles
@@ -185,14 +206,17 @@ class StageLoop:
             train_s = time.perf_counter() - started
             if self.checkpointer is not None and self.checkpointer.due(step):
                 t = time.perf_counter()
-                ckpt = self.checkpointer.save(step, self.roles, self.backend, {"data": self.dataset.state_dict()})
+                ckpt = self.checkpointer.save(
+                    step, self.roles, self.backend, {"data": self.dataset.state_dict()}
+                )
                 metrics["timing/checkpoint_s"] = time.perf_counter() - t
                 saved.append(ckpt)
                 self.telemetry.checkpoint_saved(ckpt.step, ckpt.path, ckpt.hf_path)
             every = training.eval_every_steps
             # After step 1 too: the first point of the held-out curve.
-            if self.eval_dataset is not None and (step == 1 or (every and step % every == 0)
-                                                  or step == training.max_steps):
+            if self.eval_dataset is not None and (
+                step == 1 or (every and step % every == 0) or step == training.max_steps
+            ):
                 metrics.update(self.evaluate())
             elapsed = time.perf_counter() - started
             metrics["timing/train_s"] = train_s
@@ -208,10 +232,14 @@ class StageLoop:
 
         examples = self.eval_dataset.all_examples()
         shards = [(examples[a:b],) for a, b in even_ranges(len(examples), self.group.size)]
-        return {f"eval/{key}": value for key, value in _mean(self.backend.get(
-            self.group.call_each("evaluate", shards))).items()}
+        return {
+            f"eval/{key}": value
+            for key, value in _mean(self.backend.get(self.group.call_each("evaluate", shards))).items()
+        }
 
 
 def _mean(results: list[dict[str, float]]) -> dict[str, float]:
     keys = {key for result in results for key in result}
-    return {key: sum(r[key] for r in results if key in r) / sum(key in r for r in results) for key in sorted(keys)}
+    return {
+        key: sum(r[key] for r in results if key in r) / sum(key in r for r in results) for key in sorted(keys)
+    }
