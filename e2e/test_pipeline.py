@@ -173,6 +173,30 @@ def test_stages_run_in_order_resume_after_a_restart_and_a_succeeded_stage_is_nev
     assert papi.jobs(namespace) == ["pl-rl", "pl-rm"]
 
 
+def test_a_stage_whose_job_name_is_taken_by_someone_elses_rlhfjob_fails_the_pipeline(
+    pipeline_operators, papi, kubectl, namespace
+):
+    pipeline_operators.start(namespace)
+    doc = yaml.safe_load(EXAMPLE.read_text()) | {"metadata": {"name": "taken"}}
+    foreign = {"apiVersion": "rlhf.io/v1alpha1", "kind": "RLHFJob", "metadata": {"name": "taken-sft"},
+               "spec": doc["spec"]["stages"][0]["spec"] | {"suspend": True}}  # fmt: skip
+    kubectl.apply(foreign, namespace=namespace)
+    uid = papi.job(namespace, "taken-sft")["metadata"]["uid"]
+    kubectl.apply(doc, namespace=namespace)
+
+    def failed() -> dict[str, Any] | None:
+        pipeline = papi.custom.get_namespaced_custom_object(
+            "rlhf.io", "v1alpha1", namespace, "rlhfpipelines", "taken"
+        )
+        status = pipeline.get("status") or {}
+        return status if status.get("phase") == "Failed" else None
+
+    status = eventually(failed, 20, "pipeline taken to fail")
+    assert "RLHFJob taken-sft exists and does not belong to this pipeline" in status["message"]
+    job = papi.job(namespace, "taken-sft")
+    assert job["metadata"]["uid"] == uid and not job["metadata"].get("ownerReferences")
+
+
 PIPELINES = [p for p in sorted((REPO / "examples").glob("*.yaml")) if "kind: RLHFPipeline" in p.read_text()]
 
 

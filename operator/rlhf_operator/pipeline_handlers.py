@@ -18,7 +18,7 @@ from kubernetes.client.rest import ApiException
 from rlhf_trainer.api.job import GROUP, PLURAL, VERSION
 from rlhf_trainer.api.pipeline import LABEL_PIPELINE, PIPELINE_PLURAL
 
-from .kube import load_api_client
+from .kube import MERGE_PATCH, load_api_client
 from .pipeline import decide, status_patch
 
 _API: dict[str, k8s_client.CustomObjectsApi] = {}
@@ -48,16 +48,29 @@ def reconcile_pipeline_sync(namespace: str, name: str) -> None:
         if any(ref.get("uid") == uid for ref in item["metadata"].get("ownerReferences") or [])
     }
     plan = decide(pipeline, children)
+    status = plan.status
     for child in plan.create:
         try:
             api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, child)
         except ApiException as exc:
-            if exc.status != 409:  # already there: a previous pass created it
+            if exc.status != 409:
                 raise
-    patch = status_patch(pipeline.get("status") or {}, plan.status)
+            # Ours from a pass whose list missed it is fine; someone else's is never adopted.
+            existing = api.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, child["metadata"]["name"]
+            )
+            refs = existing["metadata"].get("ownerReferences") or []
+            if not any(ref.get("uid") == uid for ref in refs):
+                status = {
+                    **status,
+                    "phase": "Failed",
+                    "message": f"RLHFJob {child['metadata']['name']} exists and does not belong to this "
+                    "pipeline: rename the pipeline or the stage, or delete that RLHFJob",
+                }
+    patch = status_patch(pipeline.get("status") or {}, status)
     if patch is not None:
         api.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PIPELINE_PLURAL, name, {"status": patch}
+            GROUP, VERSION, namespace, PIPELINE_PLURAL, name, {"status": patch}, _content_type=MERGE_PATCH
         )
 
 
