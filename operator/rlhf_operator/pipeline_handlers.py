@@ -1,14 +1,18 @@
 """kopf handlers of RLHFPipelines: each reads the pipeline and its child RLHFJobs, asks
 `pipeline.decide`, creates the next stage's RLHFJob and writes the pipeline's status.
 
-Triggers: the pipeline's create/resume/spec update, and every event of an RLHFJob labelled
-rlhf.io/pipeline (a stage's phase or exported model changed). Registered by importing this module
+Triggers: the pipeline's create/resume/spec update, every event of an RLHFJob labelled
+rlhf.io/pipeline (a stage's phase or exported model changed), and a resync of every unfinished
+pipeline each RLHF_OPERATOR_RESYNC_SECONDS (the safety net for a missed event; a task rather than
+a kopf timer, which would put a finalizer on every pipeline). Registered by importing this module
 (main.run_operator).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fnmatch
 from typing import Any
 
 import kopf
@@ -88,3 +92,51 @@ async def stage_job_event(body: kopf.Body, namespace: str, logger: Any, **_: Any
         await asyncio.to_thread(reconcile_pipeline_sync, namespace, pipeline)
     except ApiException as exc:
         logger.warning(f"reconcile of RLHFPipeline {namespace}/{pipeline} failed: {exc.status} {exc.reason}")
+
+
+def unfinished_pipelines(patterns: list[str]) -> list[tuple[str, str]]:
+    """(namespace, name) of every pipeline not Succeeded or Failed in the watched namespaces."""
+    api = _custom()
+    globbing = not patterns or any(set(p) & set("*?[") for p in patterns)
+    if globbing:
+        items = api.list_cluster_custom_object(GROUP, VERSION, PIPELINE_PLURAL)["items"]
+        if patterns:
+            items = [
+                i for i in items if any(fnmatch.fnmatchcase(i["metadata"]["namespace"], p) for p in patterns)
+            ]
+    else:
+        items = [
+            item
+            for namespace in patterns
+            for item in api.list_namespaced_custom_object(GROUP, VERSION, namespace, PIPELINE_PLURAL)["items"]
+        ]
+    return [
+        (i["metadata"]["namespace"], i["metadata"]["name"])
+        for i in items
+        if (i.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    ]
+
+
+async def resync_pipelines_forever(memo: kopf.Memo, logger: Any) -> None:
+    while True:
+        await asyncio.sleep(memo.resync_seconds)
+        try:
+            for namespace, name in await asyncio.to_thread(unfinished_pipelines, list(memo.namespaces)):
+                with contextlib.suppress(ApiException):
+                    await asyncio.to_thread(reconcile_pipeline_sync, namespace, name)
+        except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
+            logger.warning(f"pipeline resync failed: {exc}")
+
+
+@kopf.on.startup()
+async def start_pipeline_resync(memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    memo.pipeline_resync_task = asyncio.create_task(resync_pipelines_forever(memo, logger))
+
+
+@kopf.on.cleanup()
+async def stop_pipeline_resync(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("pipeline_resync_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
