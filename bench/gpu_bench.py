@@ -173,8 +173,8 @@ def main() -> None:
         args.prompts, args.samples, args.prompt_len, args.new_tokens, args.micro_batch = 2, 4, 16, 16, 4
     shape = QWEN2_1_5B if use_gpu else TINY
 
-    from rlhf_trainer.batch import RolloutBatch
     from rlhf_trainer.engine.device import DistributedContext, prepare_environment
+    from rlhf_trainer.rollout_batch import RolloutBatch
 
     prepare_environment(use_gpu)
     from rlhf_trainer.roles.actor import ActorRole

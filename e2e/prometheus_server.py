@@ -35,6 +35,7 @@ class ScrapeJob:
     target: str  # host:port
     honor_labels: bool
     path: str = "/metrics"
+    labels: tuple[tuple[str, str], ...] = ()  # target labels, as service discovery + relabeling give them
 
 
 class PrometheusError(RuntimeError):
@@ -68,7 +69,9 @@ class Prometheus:
                             "job_name": job.name,
                             "honor_labels": job.honor_labels,
                             "metrics_path": job.path,
-                            "static_configs": [{"targets": [job.target]}],
+                            "static_configs": [
+                                {"targets": [job.target], **({"labels": dict(job.labels)} if job.labels else {})}
+                            ],
                         }
                         for job in jobs
                     ],

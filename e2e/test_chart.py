@@ -7,7 +7,7 @@ pod. The install test therefore runs the operator the way that pod would: `rlhf`
 Deployment's own arguments (read back from the installed Deployment; only the ports are moved to
 free loopback ports, and the watched namespace is the test's), as a local subprocess that
 authenticates with a TokenRequest token of the chart-created ServiceAccount, so the chart's
-ClusterRole is all it may do. The test then applies an RLHFJob and waits for its RayJob.
+RBAC (a Role in the watched namespace) is all it may do. The test then applies an RLHFJob and waits for its RayJob.
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ def test_default_rendering_passes_server_side_validation(
         "Service",
         "ConfigMap",
         "Pod",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     }
     # The pods meet the "restricted" Pod Security Standard: enforced on the helm test Pod, warned
     # about for the Deployment's template (the PodSecurity admission plugin runs on dry runs too).
@@ -95,9 +97,10 @@ def test_rendering_with_every_value_set_passes_server_side_validation(
     """Every switch and every pod-level value on. The Prometheus Operator's kinds are not in this
     cluster; they are left out here (their structure is tested in tests/chart, and their rules run
     on a real Prometheus in e2e/test_prometheus.py)."""
+    team_b = kubectl.create_namespace("team-b")  # a watched namespace gets the operator's Role
     values = {
         "operator": {
-            "watchNamespaces": [namespace, "team-b"],
+            "watchNamespaces": [namespace, team_b],
             "peering": "rlhf",
             "logLevel": "debug",
             "extraArgs": ["--verbose"],
@@ -148,8 +151,15 @@ def test_rendering_with_every_value_set_passes_server_side_validation(
     ).stdout
     objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
     assert {o["kind"] for o in objects} & MONITORING_KINDS == MONITORING_KINDS
+    assert sorted(o["metadata"]["namespace"] for o in objects if o["kind"] == "Role") == sorted(
+        [namespace, team_b]
+    )
     kept = [o for o in objects if o["kind"] not in MONITORING_KINDS]
-    out = kubectl.apply(yaml.safe_dump_all(kept), namespace=namespace, dry_run=True).stdout
+    try:
+        # Every namespaced object names its namespace (the Roles name the watched ones).
+        out = kubectl.apply(yaml.safe_dump_all(kept), dry_run=True).stdout
+    finally:
+        kubectl.delete_namespace(team_b)
     assert out.count("(server dry run)") == len(kept), out
 
 
@@ -186,13 +196,23 @@ def test_chart_installs_and_its_service_account_runs_the_operator(
         kubectl("get", "service", f"{fullname}-metrics", namespace=namespace)
         kubectl("get", "configmap", f"{fullname}-dashboard", namespace=namespace)
         kubectl("get", "clusterrole,clusterrolebinding", fullname)
+        # watchNamespaces is set: the operator's job rules are a Role in that namespace only.
+        kubectl("get", "role,rolebinding", fullname, namespace=namespace)
         kubectl("get", "crd", "rlhfjobs.rlhf.io")
         pod = deployment["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert pod["serviceAccountName"] == fullname
 
+        # The policy ConfigMap as the pod mounts it: its file, where the container's env points.
+        policy = kubectl.json("get", "configmap", f"{fullname}-policy", namespace=namespace)
+        mounted = tmp_path / "policy-mount"
+        mounted.mkdir()
+        (mounted / "policy.yaml").write_text(policy["data"]["policy.yaml"])
         operator = run_deployment_command(
-            container, make_sa_kubeconfig(namespace, fullname, create=False), tmp_path / "operator.log"
+            container,
+            make_sa_kubeconfig(namespace, fullname, create=False),
+            tmp_path / "operator.log",
+            mounts={"/etc/rlhf-operator": mounted},
         )
         try:
             healthz = f"http://127.0.0.1:{operator.liveness_port}/healthz"
@@ -264,8 +284,17 @@ class LocalOperator:
                 self.proc.wait(10)
 
 
-def run_deployment_command(container: dict[str, Any], kubeconfig: Path, log_path: Path) -> LocalOperator:
-    """The container's command and arguments as a local process, ports moved to free ones."""
+def run_deployment_command(
+    container: dict[str, Any], kubeconfig: Path, log_path: Path, mounts: dict[str, Path] | None = None
+) -> LocalOperator:
+    """The container's command and arguments as a local process, ports moved to free ones.
+
+    `mounts` maps the container's volume mount paths to local directories holding the same files;
+    env values under a mount path point into them.
+    """
+    mounts = mounts or {}
+    declared = {m["mountPath"] for m in container.get("volumeMounts", [])}
+    assert set(mounts) <= declared, (mounts, declared)
     assert container["command"] == ["rlhf"]
     metrics_port, liveness_port = free_port(), free_port()
     args = []
@@ -281,6 +310,10 @@ def run_deployment_command(container: dict[str, Any], kubeconfig: Path, log_path
     env.update(
         {e["name"]: e["value"] for e in container.get("env", []) if "value" in e and e["name"] != "HOME"}
     )
+    for name, value in list(env.items()):
+        for mount_path, local in mounts.items():
+            if value.startswith(mount_path + "/"):
+                env[name] = str(local / value.removeprefix(mount_path + "/"))
     env.update(KUBECONFIG=str(kubeconfig), RLHF_OPERATOR_RAYJOB_MANAGED_BY=MULTIKUEUE)
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(

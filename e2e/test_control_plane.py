@@ -168,6 +168,47 @@ def test_invalid_manifest_is_rejected_naming_the_field(
     assert real.returncode != 0 and named.search(real.stderr), real.stderr
 
 
+RULE_MISTAKES = """
+apiVersion: rlhf.io/v1alpha1
+kind: RLHFJob
+metadata: {name: several-rule-mistakes}
+spec:
+  algorithm: {name: grpo, samplesPerPrompt: 4}
+  models:
+    actor: {model: /m, gpus: 2}
+    critic: {model: /c, gpus: 2}
+    reward:
+      - {name: a, function: "m:f", url: "http://x"}
+      - {name: a, function: "m:g"}
+  data: {prompts: {path: /d}}
+  template:
+    labels: {"bad key!": v}
+"""
+
+
+def test_the_api_server_reports_every_broken_rule_at_once_as_rlhf_validate_does(
+    kubectl: Kubectl, manifests_namespace: str, tmp_path: Path
+) -> None:
+    """Every CEL rule is judged together once the schema passes; `rlhf validate` names the same fields.
+    (When the schema fails too, the API server stops before the rules: docs/validation.md.)"""
+    fields = ["spec.models.critic", "spec.models.reward", "spec.models.reward[0]", "spec.template.labels"]
+    dry = kubectl.apply(RULE_MISTAKES, namespace=manifests_namespace, dry_run=True, check=False)
+    assert dry.returncode != 0
+    for field in fields:
+        assert re.search(rf"\* {re.escape(field)}: Invalid value", dry.stderr), (field, dry.stderr)
+    path = tmp_path / "mistakes.yaml"
+    path.write_text(RULE_MISTAKES)
+    local = subprocess.run([sys.executable, "-m", "rlhf_trainer.cli", "validate", str(path)], capture_output=True,
+                           text=True)
+    assert local.returncode == 1
+    assert sorted(line.split(": ", 1)[0] for line in local.stderr.splitlines()) == sorted(fields)
+
+    with_schema_error = RULE_MISTAKES.replace("data: {prompts: {path: /d}}", "")
+    dry = kubectl.apply(with_schema_error, namespace=manifests_namespace, dry_run=True, check=False)
+    assert "spec.data: Required value" in dry.stderr
+    assert "some validation rules were not checked" in dry.stderr
+
+
 def test_explain_prints_the_field_descriptions(kubectl: Kubectl) -> None:
     actor = crd_schema()["properties"]["spec"]["properties"]["models"]["properties"]["actor"]
     output = " ".join(kubectl("explain", "rlhfjob.spec.models.actor").stdout.split())
@@ -246,6 +287,12 @@ FULL_STATUS = {
         "path": "/checkpoints/step-10",
         "time": "2026-01-02T03:03:00Z",
         "hfPath": "/checkpoints/step-10/hf",
+    },
+    "failure": {
+        "attempt": 1,
+        "permanent": True,
+        "reason": "PreflightFailed",
+        "message": "spec.models.actor.model: /models/missing does not exist",
     },
 }
 

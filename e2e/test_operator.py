@@ -126,6 +126,7 @@ class OperatorProcess:
     log_path: Path
     metrics_port: int
     liveness_port: int
+    limited: bool = False  # runs with less than the chart's RBAC
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -175,25 +176,64 @@ class Operators:
         docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
         assert [doc["kind"] for doc in docs] == ["ClusterRole", "ClusterRoleBinding"]
         assert "*" not in json.dumps(docs), "the chart's RBAC must not use wildcards"
+        self.rules = docs[0]["rules"]
+        self.control_plane, self.home = control_plane, home
         kubectl.apply(rendered)
-        account = f"{self.release}-rlhf-operator"
-        kubectl("create", "serviceaccount", account, namespace=home)
-        token = kubectl("create", "token", account, "--duration=2h", namespace=home).stdout.strip()
-        self.kubeconfig = workdir / "operator-kubeconfig"
-        self.kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-            "clusters": [{"name": "e2e", "cluster": {"server": control_plane.server,
-                                                      "certificate-authority": str(control_plane.ca_file)}}],
-            "users": [{"name": account, "user": {"token": token}}],
-            "contexts": [{"name": "sa", "context": {"cluster": "e2e", "user": account, "namespace": home}}],
-        }))  # fmt: skip
+        self.account = f"{self.release}-rlhf-operator"
+        self.kubeconfig = self.account_kubeconfig(self.account)
+        self.limited: list[str] = []
 
-    def start(self, namespace: str, wait: bool = True, managed_by: str | None = MULTIKUEUE, **env: str):
-        """An operator watching `namespace` (a name or a glob)."""
+    def account_kubeconfig(self, account: str) -> Path:
+        """A kubeconfig of a new ServiceAccount `account` in the home namespace."""
+        self.kubectl("create", "serviceaccount", account, namespace=self.home)
+        token = self.kubectl("create", "token", account, "--duration=2h", namespace=self.home).stdout.strip()
+        path = self.workdir / f"kubeconfig-{account}"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+            "clusters": [{"name": "e2e", "cluster": {"server": self.control_plane.server,
+                                                      "certificate-authority": str(self.control_plane.ca_file)}}],
+            "users": [{"name": account, "user": {"token": token}}],
+            "contexts": [{"name": "sa", "context": {"cluster": "e2e", "user": account, "namespace": self.home}}],
+        }))  # fmt: skip
+        return path
+
+    def limited_kubeconfig(self, resource: str, verb: str) -> Path:
+        """An identity with the chart's rules less one verb on one resource ("group/resource"): the
+        operator blocks, retrying, at the first call that needs it, a point a test can kill it at.
+        It may escalate/bind Roles, so creating the trainer's Role does not need that verb."""
+        group, _, plural = resource.partition("/")
+        rules = []
+        for rule in self.rules:
+            if group in rule["apiGroups"] and plural in rule["resources"]:
+                rest = [r for r in rule["resources"] if r != plural]
+                if rest:
+                    rules.append({**rule, "resources": rest})
+                rules.append({"apiGroups": [group], "resources": [plural],
+                              "verbs": [v for v in rule["verbs"] if v != verb]})  # fmt: skip
+            else:
+                rules.append(rule)
+        rules.append({"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate", "bind"]})
+        name = f"{self.release}-no-{verb}-{plural.replace('/', '-')}"
+        self.limited.append(name)
+        self.kubectl.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                            "metadata": {"name": name}, "rules": rules})  # fmt: skip
+        self.kubectl("create", "clusterrolebinding", name, f"--clusterrole={name}",
+                     f"--serviceaccount={self.home}:{name}")  # fmt: skip
+        return self.account_kubeconfig(name)
+
+    def start(
+        self,
+        namespace: str,
+        wait: bool = True,
+        managed_by: str | None = MULTIKUEUE,
+        kubeconfig: Path | None = None,
+        **env: str,
+    ):
+        """An operator watching `namespace` (a name or a glob); `kubeconfig`: another identity."""
         metrics_port, liveness_port = free_port(), free_port()
         log_path = self.workdir / f"operator-{len(self.started)}.log"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_OPERATOR_")}
-        environment.update(KUBECONFIG=str(self.kubeconfig), RLHF_OPERATOR_RESYNC_SECONDS="2", **env)
+        environment.update(KUBECONFIG=str(kubeconfig or self.kubeconfig), RLHF_OPERATOR_RESYNC_SECONDS="2", **env)
         if managed_by:
             environment["RLHF_OPERATOR_RAYJOB_MANAGED_BY"] = managed_by
         with open(log_path, "wb") as out:
@@ -203,7 +243,7 @@ class Operators:
                  "--trainer-image", IMAGE],
                 stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=REPO,
             )  # fmt: skip
-        operator = OperatorProcess(proc, log_path, metrics_port, liveness_port)
+        operator = OperatorProcess(proc, log_path, metrics_port, liveness_port, limited=kubeconfig is not None)
         self.started.append(operator)
         if wait:
             eventually(lambda: operator.healthy() or proc.poll() is not None, 60, "the operator's /healthz")
@@ -213,9 +253,11 @@ class Operators:
     def close(self) -> None:
         for operator in self.started:
             operator.stop()
-        self.kubectl("delete", "clusterrolebinding,clusterrole", f"{self.release}-rlhf-operator",
-                     "--ignore-not-found", check=False)  # fmt: skip
+        for name in [f"{self.release}-rlhf-operator", *self.limited]:
+            self.kubectl("delete", "clusterrolebinding,clusterrole", name, "--ignore-not-found", check=False)
         for operator in self.started:
+            if operator.limited:
+                continue  # denied calls were the point
             errors = [
                 line for line in operator.log().splitlines() if "Traceback" in line or "Forbidden" in line
             ]
@@ -599,15 +641,18 @@ def test_deleting_a_job_deletes_its_children_and_its_metrics(shared_operator, ap
 
 
 def test_operator_killed_mid_reconcile_never_duplicates_or_loses_a_rayjob(operators, api, kubectl, namespace):
-    pause = "RLHF_OPERATOR_PAUSE_AT"
+    # Each kill point is reached by an operator whose identity lacks the one permission the next
+    # step needs: it does everything before that step, then retries it (a 403 from RBAC is the
+    # operator's configuration, never the job's fault) until it is killed there.
     # 1. Killed right after creating the first RayJob, before writing the status.
-    first = operators.start(namespace, **{pause: "rayjob-created"})
+    first = operators.start(namespace, kubeconfig=operators.limited_kubeconfig("rlhf.io/rlhfjobs/status", "patch"))
     kubectl.apply(example("grpo-qwen2.5-7b-math", "crash", backoffLimit=2), namespace=namespace)
-    eventually(lambda: "PAUSED at rayjob-created" in first.log(), 30, "the operator to pause")
+    eventually(lambda: rayjob_names(api, namespace) == ["crash-a0"], 30, "RayJob crash-a0")
+    eventually(lambda: "Forbidden" in first.log(), 30, "the operator to be denied the status write")
     first.kill()
     assert rayjob_names(api, namespace) == ["crash-a0"]
     assert "phase" not in (api.job(namespace, "crash").get("status") or {})
-    second = operators.start(namespace, **{pause: "config-map"})
+    second = operators.start(namespace, kubeconfig=operators.limited_kubeconfig("ray.io/rayjobs", "create"))
     job = api.wait_phase(namespace, "crash", "Pending")
     assert job["status"]["rayJob"]["name"] == "crash-a0"
     assert rayjob_names(api, namespace) == ["crash-a0"]
@@ -616,9 +661,11 @@ def test_operator_killed_mid_reconcile_never_duplicates_or_loses_a_rayjob(operat
     api.set_rayjob_status(
         namespace, "crash-a0", jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed"
     )
-    eventually(lambda: "PAUSED at config-map" in second.log(), 30, "the operator to pause in the restart")
+    eventually(lambda: trainer_config(kubectl, namespace, "crash")["attempt"] == 1, 30, "attempt 1's config")
+    eventually(lambda: "Forbidden" in second.log(), 30, "the operator to be denied the RayJob")
     second.kill()
     assert rayjob_names(api, namespace) == ["crash-a0"]
+    assert api.job(namespace, "crash")["status"]["attempt"] == 0
     operators.start(namespace)
     job = api.wait_phase(namespace, "crash", "Retrying")
     assert job["status"]["attempt"] == 1
@@ -688,6 +735,7 @@ def test_a_job_that_cannot_be_placed_fails_with_the_reason_and_is_not_retried(
     operator = shared_operator
     doc = example("grpo-qwen2.5-7b-math", "unplaceable")
     doc["spec"]["models"]["actor"]["gpus"] = 12  # valid by the schema, but not a multiple of gpusPerPod 8
+    doc["spec"]["training"].update(rolloutBatchSize=96, trainBatchSize=96)  # batches 12 workers can split
     kubectl.apply(doc, namespace=namespace)
     job = api.wait_phase(namespace, "unplaceable", "Failed")
     assert job["status"]["message"].startswith(

@@ -18,9 +18,13 @@ No kubelet or KubeRay runs here, so the test writes RayJob status as KubeRay wou
   own status code (telemetry.status.progress + KubernetesStatusSink) with its clock set two hours
   back: waiting out the chart's 30 minutes is not an option. That is the one value not produced live.
 - broken: 12 GPUs that pods of 8 cannot hold: the operator fails it (RLHFJobFailed).
-- blocked: an immutable ConfigMap with other data already holds the name of its trainer config, so
-  every reconcile fails at that write, and kopf and the resync loop keep retrying it
-  (RLHFOperatorReconcileErrors).
+- blocked: an admission webhook the API server cannot reach guards the creation of its RayJob
+  (HTTP 500, a failure worth retrying), so every reconcile fails at that write, and kopf and the
+  resync loop keep retrying it (RLHFOperatorReconcileErrors).
+
+The trainer is scraped as the chart's PodMonitor scrapes it: its own labels not honoured, its
+`namespace` and `job` target labels taken from the pod (the relabelings, applied here to the
+namespace and rlhf.io/job label of ppo-live's head pod).
 
 Every dashboard query (Grafana's variables replaced: all namespaces/jobs, 15s rate window) must
 return at least one finite value; every alert's expression, threshold included, must hold for
@@ -74,15 +78,19 @@ def render_chart(control_plane: ControlPlane, home: Path) -> list[dict[str, Any]
 
 
 def scraping_like_the_chart(
-    objects: list[dict[str, Any]], operator_target: str, trainer_target: str
+    objects: list[dict[str, Any]], operator_target: str, trainer_target: str, trainer_pod: dict[str, str]
 ) -> list[ScrapeJob]:
-    """Scrape jobs with the honorLabels and paths of the chart's ServiceMonitor and PodMonitor."""
+    """Scrape jobs with the honorLabels, paths and relabelings of the chart's ServiceMonitor and
+    PodMonitor; `trainer_pod` is the Kubernetes service-discovery metadata of the trainer's pod."""
     (operator,) = chartlib.find(objects, "ServiceMonitor")["spec"]["endpoints"]
     pod_endpoints = chartlib.find(objects, "PodMonitor")["spec"]["podMetricsEndpoints"]
     trainer = next(e for e in pod_endpoints if e["port"] == "trainer-metrics")
+    labels = tuple(
+        (rule["targetLabel"], trainer_pod[rule["sourceLabels"][0]]) for rule in trainer.get("relabelings", [])
+    )
     return [
         ScrapeJob("rlhf-operator", operator_target, operator["honorLabels"], operator["path"]),
-        ScrapeJob("rlhf-trainer", trainer_target, trainer["honorLabels"], trainer["path"]),
+        ScrapeJob("rlhf-trainer", trainer_target, trainer["honorLabels"], trainer["path"], labels),
     ]
 
 
@@ -109,26 +117,26 @@ def stack(
     work = tmp_path_factory.mktemp("prometheus-e2e")
     demo = build_demo(str(work / "demo"))
     namespace = f"e2e-prometheus-{secrets.token_hex(3)}"
+    webhook = f"{namespace}-blocked"
     scenario = Scenario(control_plane, kubectl, namespace, work)
     prometheus: Prometheus | None = None
     try:
         kubectl("create", "namespace", namespace)
         kubectl("label", "namespace", namespace, "rlhf.io/e2e=true")
-        # Someone else's immutable ConfigMap holds the name of blocked's trainer config.
-        blocker = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "immutable": True,
-            "metadata": {"name": "blocked-trainer-config"},
-            "data": {"trainer.yaml": "not yours"},
-        }
-        kubectl.apply(blocker, namespace=namespace)
+        # An admission webhook nobody serves guards blocked's RayJob: the API server answers 500.
+        kubectl.apply(unreachable_webhook(webhook, namespace, "blocked"))
 
         operator_port, trainer_port = free_port(), free_port()
         scenario.start_operator(operator_port)
         stage("operator healthy")
         chart = render_chart(control_plane, work / "helm")
-        jobs = scraping_like_the_chart(chart, f"127.0.0.1:{operator_port}", f"127.0.0.1:{trainer_port}")
+        trainer_pod = {  # ppo-live's head pod, as the operator renders it
+            "__meta_kubernetes_namespace": namespace,
+            "__meta_kubernetes_pod_label_rlhf_io_job": "ppo-live",
+        }
+        jobs = scraping_like_the_chart(
+            chart, f"127.0.0.1:{operator_port}", f"127.0.0.1:{trainer_port}", trainer_pod
+        )
         rules = chartlib.find(chart, "PrometheusRule")["spec"]["groups"]
         prometheus = Prometheus(work / "prometheus", jobs, rules)
         prometheus.start()
@@ -186,7 +194,33 @@ def stack(
         scenario.stop_all()
         if prometheus is not None:
             prometheus.stop()
+        kubectl("delete", "validatingwebhookconfiguration", webhook, "--ignore-not-found", check=False)
         kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found", check=False)
+
+
+def unreachable_webhook(name: str, namespace: str, job: str) -> dict[str, Any]:
+    """A validating webhook on the creation of `job`'s RayJobs whose server does not exist."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": "blocked.rlhf.e2e",
+                "clientConfig": {"url": "https://127.0.0.1:1/validate"},
+                "rules": [
+                    {"apiGroups": ["ray.io"], "apiVersions": ["v1"], "operations": ["CREATE"],
+                     "resources": ["rayjobs"]}
+                ],  # fmt: skip
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "objectSelector": {"matchLabels": {"rlhf.io/job": job}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 2,
+            }
+        ],
+    }
 
 
 def labels_of(samples: list[dict[str, Any]], *names: str) -> set[tuple[str, ...]]:
@@ -209,7 +243,7 @@ def test_dashboard_query_returns_data(stack: Stack, where: str, expr: str) -> No
     samples = stack.prometheus.query(chartlib.substitute_grafana_variables(expr))
     assert finite_values(samples), f"{where}: {expr} -> {samples}"
     if "job" in chartlib.grouping_labels(expr):
-        # The series keep the RLHF job's own `job` label (honor_labels), not the scrape job's.
+        # The series carry the RLHF job's `job` label (the operator's honoured, the trainer's from its pod).
         assert ("ppo-live",) in labels_of(samples, "job"), f"{where}: {samples}"
 
 

@@ -3,6 +3,7 @@
 Modules, one concern each:
 - `naming`: names, labels and annotations the operator and its children share.
 - `placement`: how the roles' GPUs pack into worker pods (pure).
+- `policy`: the platform policy a job must meet (pure checks; the admin's file is read at start).
 - `render`: the Kubernetes objects of one attempt of a job (pure; `rlhf render` prints them).
 - `status`: RayJob status -> RLHFJob phase and conditions (pure).
 - `decisions`: what one reconcile does: create, restart, fail, apply or refuse spec edits (pure).

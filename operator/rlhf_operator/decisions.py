@@ -1,25 +1,38 @@
 """What one reconcile of an RLHFJob does (pure): a `Plan` computed from what was read.
 
 Idempotence comes from names: the RayJob of attempt N is `<job>-aN`, the attempt is the larger of
-status.attempt and the newest RayJob found, and children are created only when absent. An operator
-killed between any two steps finds the same plan, or the next one, on its next reconcile.
+status.attempt and the newest RayJob of this job found, and children are created only when absent
+(and changed only when they are this job's, see kube.Kube.ensure_child). An operator killed between
+any two steps finds the same plan, or the next one, on its next reconcile.
+
+Children are rendered only when a RayJob is about to be created (first start, restart, a RayJob
+deleted by hand) or a suspended job resumes; every other event (RayJob status, resync) only
+derives the status. Renders are cached per (job uid, generation, attempt, checkpoint).
 
 Restarts: a failed attempt whose failure is retryable, while attempt < spec.backoffLimit, gets a new
 RayJob `<job>-a<N+1>` whose trainer config resumes from status.latestCheckpoint.path (phase
-Retrying). The failed RayJob is left for inspection: KubeRay has already deleted its Ray cluster
+Retrying). A failure the trainer reported as permanent (status.failure of that attempt) is never
+retried. The failed RayJob is left for inspection: KubeRay has already deleted its Ray cluster
 (shutdownAfterJobFinishes), and it goes with the job through its owner reference.
 
-Spec edits: a RayJob records the spec it was rendered from (annotation rlhf.io/spec). Edits of
-`IN_PLACE` fields apply to it; any other edit is refused (condition SpecChangeRefused=True naming the
-changed fields) and the RayJob is left as it is. Later attempts keep the recorded spec too.
+Spec edits: a RayJob carries the digest of the spec it was rendered from (annotation
+rlhf.io/spec-sha256, in-place fields left out); the spec itself is in the trainer ConfigMap, read
+back only when the digests differ. Edits of `naming.IN_PLACE` fields apply to the RayJob; any other
+edit is refused (condition SpecChangeRefused=True naming the changed fields) and the RayJob is left
+as it is. Later attempts keep the recorded spec too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import yaml
 
 from rlhf_trainer.api.job import API_VERSION, KIND, RLHFJob
 from rlhf_trainer.api.spec import RLHFJobSpec
@@ -29,10 +42,7 @@ from rlhf_trainer.api.validation import validate_manifest
 from . import naming, render
 from . import status as st
 from .errors import RenderError
-
-# Spec fields (wire names) that apply to a live RayJob; backoffLimit is the operator's own.
-IN_PLACE = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "backoffLimit")
-RAYJOB_FIELDS = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
+from .messages import REASON_LIMIT, clean_message
 
 
 @dataclass(frozen=True)
@@ -44,14 +54,18 @@ class Event:
 
 @dataclass
 class Plan:
-    ensure: list[dict[str, Any]] = field(default_factory=list)  # create when absent
-    config_map: dict[str, Any] | None = None  # write (create or replace) before the RayJob steps
+    # Written before the RayJob, in order: created when absent, synced when this job owns them.
+    children: list[dict[str, Any]] = field(default_factory=list)
     create_rayjob: dict[str, Any] | None = None
     patch_rayjob: tuple[str, dict[str, Any]] | None = None  # (name, merge patch)
     status: dict[str, Any] = field(default_factory=dict)  # merge patch of operator-owned fields
     events: list[Event] = field(default_factory=list)
     failed_permanently: str | None = None  # the job cannot be reconciled; do not retry
     phase: str | None = None
+
+    @property
+    def config_map(self) -> dict[str, Any] | None:
+        return next((obj for obj in self.children if obj["kind"] == "ConfigMap"), None)
 
 
 @dataclass(frozen=True)
@@ -61,59 +75,147 @@ class Settings:
     rayjob_managed_by: str | None = None
 
 
+class _Lru:
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+
+    def get(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        if key[0] is None or key[1] is None:  # no uid or generation: nothing identifies the spec
+            return make()
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        value = make()
+        self._entries[key] = value
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return value
+
+
+class RenderCache:
+    """Parsed specs per (uid, generation), needed on every event, and rendered children per (uid,
+    generation, attempt, checkpoint), needed when a RayJob is about to be made (the cache spares
+    re-rendering while its creation is retried). A spec cannot change without a new generation."""
+
+    def __init__(self, parsed: int = 1024, rendered: int = 64):
+        self.parsed = _Lru(parsed)
+        self.rendered = _Lru(rendered)
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """One reconcile's view of a job, read once and passed down."""
+
+    name: str
+    uid: str | None
+    generation: int | None
+    settings: Settings
+    status: st.StatusContext  # previous status, clock, generation, attempt, extra conditions
+    job: RLHFJob  # the job with the spec it runs with (the effective spec)
+    current: dict[str, Any] | None  # the RayJob of the current attempt, when it exists
+    latest_checkpoint: str | None
+    cache: RenderCache | None
+
+    @property
+    def attempt(self) -> int:
+        return self.status.attempt
+
+    @property
+    def previous(self) -> dict[str, Any]:
+        return self.status.previous
+
+    def render(self, attempt: int, resume_from: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The children and the RayJob of `attempt`."""
+
+        def make() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            objects = render.render_job_objects(self.job, _options(self.settings, attempt, resume_from))
+            children = [obj for obj in objects if obj["kind"] != "RayJob"]
+            return children, next(obj for obj in objects if obj["kind"] == "RayJob")
+
+        if self.cache is None:
+            return make()
+        # The effective spec can differ from the generation's (a refused edit), hence its digest.
+        spec = json.dumps(self.job.spec.to_wire(), sort_keys=True)
+        key = (self.uid, self.generation, attempt, resume_from, self.settings, spec)
+        return self.cache.rendered.get(key, make)
+
+
 def plan_reconcile(
-    body: dict[str, Any], rayjobs: list[dict[str, Any]], settings: Settings, now: datetime
+    body: dict[str, Any],
+    rayjobs: list[dict[str, Any]],
+    settings: Settings,
+    now: datetime,
+    read_recorded: Callable[[], dict[str, Any] | None] | None = None,
+    cache: RenderCache | None = None,
 ) -> Plan:
-    """One reconcile of the RLHFJob `body`, given the RayJobs labelled with its name."""
+    """One reconcile of the RLHFJob `body`, given the RayJobs labelled with its name.
+
+    `read_recorded` returns the spec the job's RayJob was rendered from (the trainer ConfigMap's);
+    it is called only when the spec's digest differs from the RayJob's.
+    """
     metadata = body.get("metadata") or {}
     previous = body.get("status") or {}
-    name = metadata.get("name", "")
     if previous.get("phase") in TERMINAL_PHASES:
         return Plan(phase=previous["phase"])
-    clock = st.rfc3339(now)
-    generation = metadata.get("generation")
+    name, uid, generation = metadata.get("name", ""), metadata.get("uid"), metadata.get("generation")
 
-    by_attempt = _rayjobs_by_attempt(rayjobs, name, metadata.get("uid"))
+    by_attempt = _rayjobs_by_attempt(rayjobs, name, uid)
     attempt = max([previous.get("attempt") or 0, *by_attempt])
     current = by_attempt.get(attempt)
-    recorded = _recorded_spec(current if current is not None else by_attempt.get(attempt - 1))
+    basis = current if current is not None else by_attempt.get(attempt - 1)
+    status = st.StatusContext(previous, st.rfc3339(now), generation, attempt)
 
-    job, errors = _parse(metadata, body.get("spec"))
+    def parse() -> tuple[RLHFJob | None, list[Any], str | None]:
+        job, errors = _parse(metadata, body.get("spec"))
+        return job, errors, naming.spec_digest(job.spec.to_wire()) if job is not None else None
+
+    job, errors, digest = cache.parsed.get((uid, generation), parse) if cache is not None else parse()
+    recorded = None
+    if basis is not None and (job is None or _digest(basis) != digest):
+        recorded = read_recorded() if read_recorded is not None else None
     invalid_edit: list[str] = []
     if job is None and recorded is not None:
         # The job already runs: an edit the operator cannot read is refused, the job keeps its spec.
         job, _ = _parse(metadata, recorded)
         invalid_edit = [str(e) for e in errors]
     if job is None:
-        return _fail_permanently(
-            previous, "InvalidSpec", "; ".join(str(e) for e in errors), clock, generation
-        )
+        return fail(status, "InvalidSpec", "; ".join(str(e) for e in errors))
     effective, refused = effective_spec(job.spec, recorded) if not invalid_edit else (job.spec, [])
-    run_job = job.model_copy(update={"spec": effective})
-    latest = (previous.get("latestCheckpoint") or {}).get("path")
-
+    status = dataclasses.replace(status, extra=st.refusal_conditions(previous, refused, invalid_edit))
+    ctx = Reconcile(
+        name=name,
+        uid=uid,
+        generation=generation,
+        settings=settings,
+        status=status,
+        job=job.model_copy(update={"spec": effective}),
+        current=current,
+        latest_checkpoint=(previous.get("latestCheckpoint") or {}).get("path"),
+        cache=cache,
+    )
     try:
-        options = _options(settings, attempt, latest)
-        objects = render.render_job_objects(run_job, options)
+        return _follow(ctx)
     except RenderError as exc:
-        return _fail_permanently(previous, "RenderFailed", str(exc), clock, generation)
-    config_map, *rbac, rayjob = objects
-    plan = Plan(ensure=[*rbac, config_map])
-    extra = _refusal_conditions(previous, refused, invalid_edit)
+        return fail(status, exc.reason, str(exc))
 
+
+def _follow(ctx: Reconcile) -> Plan:
+    spec = ctx.job.spec
+    current = ctx.current
     if current is None:
         # First start, a restart whose RayJob was not created yet, or a RayJob deleted by hand.
-        plan.config_map = config_map
-        plan.create_rayjob = rayjob
-        phase = "Retrying" if attempt > 0 else "Pending"
-        state = st.attempt_state("", "")
+        children, rayjob = ctx.render(ctx.attempt, ctx.latest_checkpoint)
+        plan = Plan(children=children, create_rayjob=rayjob)
+        phase = "Retrying" if ctx.attempt > 0 else "Pending"
         ref = st.rayjob_ref(None, rayjob["metadata"]["name"])
-        desired = _live_status(previous, phase, attempt, ref, state, effective, extra, clock, generation)
-        return _finish(plan, previous, desired, phase, f"created RayJob {ref['name']}")
+        desired = st.live_status(ctx.status, phase, ref, st.attempt_state("", ""), spec.suspend)
+        return _finish(plan, ctx.previous, desired, phase, f"created RayJob {ref['name']}")
 
-    plan.patch_rayjob = _in_place_patch(current, effective)
-    if _resumes_from_suspend(current, effective):
-        plan.config_map = config_map  # the resumed cluster starts from the latest checkpoint
+    plan = Plan(patch_rayjob=_in_place_patch(current, spec))
+    if _resumes_from_suspend(current, spec):
+        # The resumed cluster starts from the latest checkpoint.
+        plan.children, _ = ctx.render(ctx.attempt, ctx.latest_checkpoint)
     rs = current.get("status") or {}
     state = st.attempt_state(
         rs.get("jobStatus"), rs.get("jobDeploymentStatus"), rs.get("reason", ""), rs.get("message", "")
@@ -123,27 +225,52 @@ def plan_reconcile(
         plan.patch_rayjob = None  # a finished RayJob has nothing left to change
 
     if state.outcome == "succeeded":
-        desired = _ended_status(previous, "Succeeded", attempt, ref, state, rs, extra, clock, generation)
-        return _finish(plan, previous, desired, "Succeeded", f"RayJob {ref['name']} succeeded")
+        desired = st.ended_status(ctx.status, "Succeeded", ref, state, rs)
+        return _finish(plan, ctx.previous, desired, "Succeeded", f"RayJob {ref['name']} succeeded")
     if state.outcome == "failed":
-        if backoff_allows(attempt, effective.backoff_limit, state.retryable):
-            return _restart(
-                plan, previous, run_job, settings, attempt, state, latest, extra, clock, generation
-            )
-        desired = _ended_status(previous, "Failed", attempt, ref, state, rs, extra, clock, generation)
-        return _finish(plan, previous, desired, "Failed", f"{state.reason}: {state.message}")
+        state = with_trainer_failure(state, ctx.previous.get("failure"), ctx.attempt)
+        if backoff_allows(ctx.attempt, spec.backoff_limit, state.retryable):
+            return _restart(ctx, state)
+        desired = st.ended_status(ctx.status, "Failed", ref, state, rs)
+        return _finish(plan, ctx.previous, desired, "Failed", f"{state.reason}: {state.message}")
 
-    phase = state.phase or previous.get("phase") or "Pending"
-    if attempt > 0 and phase in ("Pending", "Initializing"):
+    phase = state.phase or ctx.previous.get("phase") or "Pending"
+    if ctx.attempt > 0 and phase in ("Pending", "Initializing"):
         phase = "Retrying"  # until the new attempt runs
-    desired = _live_status(previous, phase, attempt, ref, state, effective, extra, clock, generation)
-    if phase == "Running" and not previous.get("startTime"):
-        desired["startTime"] = ((rs.get("rayJobInfo") or {}).get("startTime")) or clock
-    return _finish(plan, previous, desired, phase, state.training.message)
+    start = None
+    if phase == "Running" and not ctx.previous.get("startTime"):
+        start = ((rs.get("rayJobInfo") or {}).get("startTime")) or ctx.status.clock
+    desired = st.live_status(ctx.status, phase, ref, state, spec.suspend, start_time=start)
+    return _finish(plan, ctx.previous, desired, phase, state.training.message)
+
+
+def with_trainer_failure(state: st.AttemptState, failure: Any, attempt: int) -> st.AttemptState:
+    """The trainer's report (status.failure) of why `attempt` failed, when it made one: its reason
+    and message replace KubeRay's, and a permanent failure is never retried."""
+    if not isinstance(failure, dict) or failure.get("attempt") != attempt:
+        return state  # none, or the report of an earlier attempt
+    reason = clean_message(str(failure.get("reason") or ""), REASON_LIMIT) or state.reason
+    message = clean_message(str(failure.get("message") or "")) or state.message
+    retryable = state.retryable and failure.get("permanent") is not True
+    return dataclasses.replace(state, reason=reason, message=message, retryable=retryable)
 
 
 def _parse(metadata: dict[str, Any], spec: Any) -> tuple[RLHFJob | None, list[Any]]:
     return validate_manifest({"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec})
+
+
+def recorded_spec(config_map: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The spec a trainer ConfigMap was rendered from (its trainer config's `spec`)."""
+    text = ((config_map or {}).get("data") or {}).get(naming.CONFIG_KEY)
+    try:
+        config = yaml.load(text, Loader=_YAML_LOADER) if text else None
+    except yaml.YAMLError:
+        return None
+    spec = config.get("spec") if isinstance(config, dict) else None
+    return spec if isinstance(spec, dict) else None
+
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def effective_spec(current: RLHFJobSpec, recorded: dict[str, Any] | None) -> tuple[RLHFJobSpec, list[str]]:
@@ -151,13 +278,15 @@ def effective_spec(current: RLHFJobSpec, recorded: dict[str, Any] | None) -> tup
     if recorded is None:
         return current, []
     wanted = current.to_wire()
-    merged = {key: value for key, value in recorded.items() if key not in IN_PLACE}
-    merged.update({key: wanted[key] for key in IN_PLACE if key in wanted})
+    merged = {key: value for key, value in recorded.items() if key not in naming.IN_PLACE}
+    merged.update({key: wanted[key] for key in naming.IN_PLACE if key in wanted})
     try:
         effective = RLHFJobSpec.model_validate(merged)
     except ValueError:
         return current, []  # an unreadable record (edited by hand): run what the user asks
-    refused = [path for path in diff_paths(recorded, wanted, "spec") if path.split(".")[1] not in IN_PLACE]
+    refused = [
+        path for path in diff_paths(recorded, wanted, "spec") if path.split(".")[1] not in naming.IN_PLACE
+    ]
     return effective, refused
 
 
@@ -176,42 +305,40 @@ def backoff_allows(attempt: int, backoff_limit: int, retryable: bool) -> bool:
     return retryable and attempt < backoff_limit
 
 
+def fail(status: st.StatusContext, reason: str, message: str) -> Plan:
+    """The job cannot run and no retry can fix it: Failed, one Warning event, kopf stops retrying."""
+    message = clean_message(message)
+    desired = st.failed_status(status, reason, message)
+    plan = _finish(Plan(), status.previous, desired, "Failed", f"{reason}: {message}")
+    plan.failed_permanently = f"{reason}: {message}"
+    return plan
+
+
+def fail_job(body: dict[str, Any], reason: str, message: str, now: datetime) -> Plan:
+    """`fail` for a job as read (used when applying a plan meets a refusal or a foreign object)."""
+    previous = body.get("status") or {}
+    meta = body.get("metadata") or {}
+    attempt = previous.get("attempt") or 0
+    return fail(st.StatusContext(previous, st.rfc3339(now), meta.get("generation"), attempt), reason, message)
+
+
 # --------------------------------------------------------------------------------------------
 
 
-def _restart(
-    plan: Plan,
-    previous: dict[str, Any],
-    run_job: RLHFJob,
-    settings: Settings,
-    attempt: int,
-    state: st.AttemptState,
-    latest: str | None,
-    extra: list[st.Cond],
-    clock: str,
-    generation: int | None,
-) -> Plan:
-    following = attempt + 1
-    config_map, *_, rayjob = render.render_job_objects(run_job, _options(settings, following, latest))
-    plan.config_map = config_map
-    plan.create_rayjob = rayjob
-    plan.patch_rayjob = None
+def _restart(ctx: Reconcile, state: st.AttemptState) -> Plan:
+    following = ctx.attempt + 1
+    children, rayjob = ctx.render(following, ctx.latest_checkpoint)
     name = rayjob["metadata"]["name"]
-    where = f"checkpoint {latest}" if latest else "the start (no checkpoint yet)"
+    where = (
+        f"checkpoint {ctx.latest_checkpoint}" if ctx.latest_checkpoint else "the start (no checkpoint yet)"
+    )
     message = (
-        f"attempt {attempt} failed ({state.reason}: {state.message}); "
-        f"attempt {following} of {run_job.spec.backoff_limit} restarts from {where}"
+        f"attempt {ctx.attempt} failed ({state.reason}: {state.message}); "
+        f"attempt {following} of {ctx.job.spec.backoff_limit} restarts from {where}"
     )
-    retrying = st.AttemptState(
-        "Retrying",
-        st.Cond(st.CLUSTER_READY, "False", "Retrying", message),
-        st.Cond(st.RUNNING, "False", "Retrying", message),
-    )
-    desired = _live_status(
-        previous, "Retrying", following, {"name": name}, retrying, run_job.spec, extra, clock, generation
-    )
-    desired["message"] = message
-    return _finish(plan, previous, desired, "Retrying", message)
+    desired = st.retrying_status(dataclasses.replace(ctx.status, attempt=following), {"name": name}, message)
+    plan = Plan(children=children, create_rayjob=rayjob)
+    return _finish(plan, ctx.previous, desired, "Retrying", desired["message"])
 
 
 def _options(settings: Settings, attempt: int, resume_from: str | None) -> render.RenderOptions:
@@ -227,12 +354,13 @@ def _options(settings: Settings, attempt: int, resume_from: str | None) -> rende
 def _rayjobs_by_attempt(
     rayjobs: list[dict[str, Any]], name: str, uid: str | None
 ) -> dict[int, dict[str, Any]]:
-    """This job's RayJobs by attempt; RayJobs owned by another object of the same name are ignored."""
+    """This job's RayJobs by attempt: named for it and controlled by it (a RayJob that only carries
+    the label, or belongs to another object of the same name, is not this job's)."""
     found = {}
     for rayjob in rayjobs:
         meta = rayjob.get("metadata") or {}
         owners = [ref.get("uid") for ref in meta.get("ownerReferences") or [] if ref.get("controller")]
-        if uid and owners and uid not in owners:
+        if uid and uid not in owners:
             continue
         attempt = naming.attempt_of(meta.get("name", ""), name)
         if attempt is not None and not meta.get("deletionTimestamp"):
@@ -240,19 +368,12 @@ def _rayjobs_by_attempt(
     return found
 
 
-def _recorded_spec(rayjob: dict[str, Any] | None) -> dict[str, Any] | None:
-    if rayjob is None:
-        return None
-    text = ((rayjob.get("metadata") or {}).get("annotations") or {}).get(naming.ANNOTATION_SPEC)
-    try:
-        recorded = json.loads(text) if text else None
-    except ValueError:
-        return None
-    return recorded if isinstance(recorded, dict) else None
+def _digest(rayjob: dict[str, Any]) -> str | None:
+    return ((rayjob.get("metadata") or {}).get("annotations") or {}).get(naming.ANNOTATION_SPEC_DIGEST)
 
 
 def _in_place_patch(rayjob: dict[str, Any], effective: RLHFJobSpec) -> tuple[str, dict[str, Any]] | None:
-    """Bring the live RayJob's in-place fields (and its spec record) to the effective spec."""
+    """Bring the live RayJob's in-place fields to the effective spec."""
     live = rayjob.get("spec") or {}
     wanted = {
         "suspend": effective.suspend,
@@ -265,127 +386,14 @@ def _in_place_patch(rayjob: dict[str, Any], effective: RLHFJobSpec) -> tuple[str
         for key, value in wanted.items()
         if live.get(key, defaults.get(key)) != (defaults.get(key) if value is None else value)
     }
-    record = render.spec_annotation(effective)
-    annotations = (rayjob.get("metadata") or {}).get("annotations") or {}
-    if not spec_patch and annotations.get(naming.ANNOTATION_SPEC) == record:
-        return None
-    patch: dict[str, Any] = {"metadata": {"annotations": {naming.ANNOTATION_SPEC: record}}}
-    if spec_patch:
-        patch["spec"] = spec_patch
-    return rayjob["metadata"]["name"], patch
+    return (rayjob["metadata"]["name"], {"spec": spec_patch}) if spec_patch else None
 
 
 def _resumes_from_suspend(rayjob: dict[str, Any], effective: RLHFJobSpec) -> bool:
     return bool((rayjob.get("spec") or {}).get("suspend")) and not effective.suspend
 
 
-def _refusal_conditions(previous: dict[str, Any], refused: list[str], invalid: list[str]) -> list[st.Cond]:
-    if invalid:
-        message = (
-            f"the edited spec is invalid ({'; '.join(invalid)}); the job keeps running with its previous spec"
-        )
-        return [st.Cond(st.SPEC_CHANGE_REFUSED, "True", "InvalidSpec", message)]
-    if refused:
-        message = (
-            f"{', '.join(refused)}: cannot change while the job has a RayJob; the job keeps running "
-            "with its previous spec. Revert the change, or delete and recreate the job."
-        )
-        return [st.Cond(st.SPEC_CHANGE_REFUSED, "True", "NotInPlace", message)]
-    if any(cond.get("type") == st.SPEC_CHANGE_REFUSED for cond in previous.get("conditions") or []):
-        return [st.Cond(st.SPEC_CHANGE_REFUSED, "False", "SpecMatches", "the spec matches the running job")]
-    return []
-
-
-def _base_conditions(state: st.AttemptState, spec: RLHFJobSpec | None, phase: str) -> list[st.Cond]:
-    suspended = phase == "Suspended"
-    if suspended:
-        suspend = st.Cond(st.SUSPENDED, "True", state.cluster.reason, "the job is suspended")
-    elif spec is not None and spec.suspend:
-        suspend = st.Cond(st.SUSPENDED, "False", "Suspending", "spec.suspend is true; waiting for KubeRay")
-    else:
-        suspend = st.Cond(st.SUSPENDED, "False", "NotSuspended", "")
-    return [state.cluster, state.training, suspend]
-
-
-def _live_status(
-    previous: dict[str, Any],
-    phase: str,
-    attempt: int,
-    ref: dict[str, Any],
-    state: st.AttemptState,
-    spec: RLHFJobSpec,
-    extra: list[st.Cond],
-    clock: str,
-    generation: int | None,
-) -> dict[str, Any]:
-    conds = _base_conditions(state, spec, phase) + extra
-    message = state.training.message or state.cluster.message
-    if phase == "Retrying" and previous.get("phase") == "Retrying":
-        message = previous.get("message") or message  # why it restarts, until the new attempt runs
-    return {
-        "phase": phase,
-        "attempt": attempt,
-        "rayJob": ref,
-        "observedGeneration": generation,
-        "conditions": st.conditions(previous.get("conditions") or [], conds, clock, generation),
-        "message": message,
-    }
-
-
-def _ended_status(
-    previous: dict[str, Any],
-    phase: str,
-    attempt: int,
-    ref: dict[str, Any],
-    state: st.AttemptState,
-    rayjob_status: dict[str, Any],
-    extra: list[st.Cond],
-    clock: str,
-    generation: int | None,
-) -> dict[str, Any]:
-    if phase == "Succeeded":
-        outcome = st.Cond(st.SUCCEEDED, "True", "Succeeded", state.training.message)
-        message = f"training finished (attempt {attempt})"
-    else:
-        outcome = st.Cond(st.FAILED, "True", state.reason, state.message)
-        message = f"{state.reason}: {state.message}"
-    conds = _base_conditions(state, None, phase) + [outcome] + extra
-    desired = {
-        "phase": phase,
-        "attempt": attempt,
-        "rayJob": ref,
-        "observedGeneration": generation,
-        "conditions": st.conditions(previous.get("conditions") or [], conds, clock, generation),
-        "message": message,
-        "completionTime": rayjob_status.get("endTime") or clock,
-    }
-    if not previous.get("startTime"):
-        desired["startTime"] = rayjob_status.get("startTime") or clock
-    return desired
-
-
-def _fail_permanently(
-    previous: dict[str, Any], reason: str, message: str, clock: str, generation: int | None
-) -> Plan:
-    conds = [
-        st.Cond(st.CLUSTER_READY, "False", reason, "no RayJob was created"),
-        st.Cond(st.RUNNING, "False", reason, message),
-        st.Cond(st.FAILED, "True", reason, message),
-    ]
-    desired = {
-        "phase": "Failed",
-        "observedGeneration": generation,
-        "conditions": st.conditions(previous.get("conditions") or [], conds, clock, generation),
-        "message": f"{reason}: {message}",
-        "completionTime": clock,
-    }
-    plan = _finish(Plan(), previous, desired, "Failed", f"{reason}: {message}")
-    plan.failed_permanently = f"{reason}: {message}"
-    return plan
-
-
 def _finish(plan: Plan, previous: dict[str, Any], desired: dict[str, Any], phase: str, message: str) -> Plan:
-    desired = {key: value for key, value in desired.items() if value is not None}
     plan.status = st.status_patch(previous, desired)
     plan.phase = phase
     if previous.get("phase") != phase:

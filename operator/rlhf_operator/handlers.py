@@ -61,7 +61,7 @@ async def job_event(
 async def rayjob_event(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     job = body.metadata.labels[naming.LABEL_JOB]
     try:
-        await memo.reconciler.reconcile(namespace, job, handler="rayjob", light=True)
+        await memo.reconciler.reconcile(namespace, job, handler="rayjob")
     except ApiException as exc:  # counted in the metrics; the resync loop comes back to it
         logger.warning(f"reconcile of RLHFJob {namespace}/{job} failed: {exc.status} {exc.reason}")
 
@@ -107,6 +107,6 @@ async def resync_once(memo: kopf.Memo) -> None:
             memo.metrics.observe_job(job)
             continue
         with contextlib.suppress(ApiException):
-            await reconciler.reconcile(meta["namespace"], meta["name"], handler="resync", light=True)
+            await reconciler.reconcile(meta["namespace"], meta["name"], handler="resync")
     for namespace, name in memo.metrics.known_jobs() - present:
         reconciler.forget(namespace, name)  # deleted while a DELETED event was missed

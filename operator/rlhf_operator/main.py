@@ -20,7 +20,7 @@ import os
 import kopf
 import prometheus_client
 
-from . import decisions, render
+from . import decisions, policy, render
 from .kube import Kube, load_api_client
 from .metrics import OperatorMetrics
 from .reconciler import Reconciler
@@ -49,6 +49,9 @@ def run_operator(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose)
     logging.getLogger("rlhf_operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     namespaces = list(args.namespace or [])
+    # The platform policy is read once, here: a broken policy file stops the operator at start
+    # rather than failing every job.
+    policy.operator_policy()
     metrics = OperatorMetrics()
     prometheus_client.disable_created_metrics()
     prometheus_client.start_http_server(args.metrics_port, registry=metrics.registry)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from typing import Any
 
 from rlhf_trainer.api.job import API_VERSION, KIND
 
@@ -12,8 +15,12 @@ LABEL_ROLE = "rlhf.io/role"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "rlhf-operator"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
-# The RLHFJob spec a RayJob was rendered from (compact JSON): spec edits are judged against it.
-ANNOTATION_SPEC = "rlhf.io/spec"
+# Digest of the RLHFJob spec a RayJob was rendered from (its fields that cannot change in place):
+# an edit is noticed by comparing digests; the spec itself is read back from the trainer ConfigMap
+# only then (a whole spec in an annotation would cap specs at the 256 KiB annotation limit).
+ANNOTATION_SPEC_DIGEST = "rlhf.io/spec-sha256"
+# Spec fields (wire names) that apply to a live RayJob; backoffLimit is the operator's own.
+IN_PLACE = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "backoffLimit")
 
 RAY_GROUP = "ray.io"
 RAY_VERSION = "v1"
@@ -51,6 +58,10 @@ def trainer_account_name(job_name: str) -> str:
     return f"{job_name}-trainer"
 
 
+def network_policy_name(job_name: str) -> str:
+    return f"{job_name}-ray"
+
+
 def job_labels(job_name: str) -> dict[str, str]:
     return {LABEL_JOB: job_name, LABEL_MANAGED_BY: MANAGED_BY}
 
@@ -64,3 +75,9 @@ def owner_reference(job_name: str, uid: str) -> dict:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def spec_digest(spec_wire: dict[str, Any]) -> str:
+    """SHA-256 of a wire spec without its in-place fields (canonical JSON)."""
+    fixed = {key: value for key, value in spec_wire.items() if key not in IN_PLACE}
+    return hashlib.sha256(json.dumps(fixed, separators=(",", ":"), sort_keys=True).encode()).hexdigest()

@@ -1,34 +1,39 @@
-"""How a job's GPUs pack into Ray worker pods.
+"""How a job's role layout packs into Ray worker pods.
 
-Each role holds a pool of GPUs (colocated roles share one pool). A pool is cut into blocks
-that must each sit inside one pod: a pool of at most `gpusPerPod` GPUs is one block, a larger
-one is whole pods (it must be a multiple of `gpusPerPod`, or DeepSpeed's ranks would straddle
-pods unevenly); a role spread over `nodes` gives one block per node; each vLLM engine is one
-block of `tensorParallelSize` GPUs (a tensor-parallel group never crosses pods). The blocks are
-packed first-fit-decreasing into pods of `gpusPerPod` GPUs, and pods with the same GPU count
-form one Ray worker group. Ray then places the trainer's placement groups on them; the packing
-proves the layout fits, and the pods request exactly the GPUs the roles need in total.
+The layout (which roles run, their GPUs, who shares whose GPUs) comes from
+`rlhf_trainer.api.layout`, the one owner of those rules; this module only packs it. Each pool
+(a role and the roles that share its GPUs) is cut into blocks that must each sit inside one pod:
+a worker of several GPUs (a vLLM engine's tensor-parallel group) is one block; a pool of
+one-GPU workers of at most `gpusPerPod` GPUs is one block, a larger one is whole pods (a
+multiple of `gpusPerPod`, or DeepSpeed's ranks would straddle pods unevenly); a role spread over
+`nodes` gives one block per node. The blocks are packed best-fit decreasing into pods of
+`gpusPerPod` GPUs, and pods with the same GPU count form one Ray worker group. Ray then places
+the trainer's bundles on them; the pods request exactly the GPUs of the layout.
 
-Rollout engines: vllm engines each take `tensorParallelSize` GPUs; hf engines take one GPU each
-when the actor has GPUs (else they run on CPU); with `colocate.all` they share the actor's GPUs.
+Cost: blocks are counted, not listed, and a pod's free room is one of `gpusPerPod + 1` values,
+so packing is O(distinct blocks x gpusPerPod) however many GPUs a job asks for; the job's GPUs
+and pods are capped before anything is packed.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
-from rlhf_trainer.api.spec import ModelsSpec, RLHFJobSpec, RoleSpec
-from rlhf_trainer.api.stages import layout_view
+from rlhf_trainer.api.layout import JobLayout, LayoutError, check_layout, plan_roles
+from rlhf_trainer.api.spec import RLHFJobSpec
 
 from .errors import RenderError
 
 WORKERS_FIELD = "spec.workers.gpusPerPod"
-DEFAULT_REWARD_MODEL_GPUS = 1
+# Worker pods of one job: 512 pods of 8 GPUs hold the largest job (MAX_JOB_GPUS); more pods means
+# tiny pods for a large job, which KubeRay and the scheduler handle poorly.
+MAX_WORKER_PODS = 1024
 
 
 @dataclass(frozen=True)
 class Pool:
-    """GPUs held by one role, or by colocated roles together."""
+    """GPUs held by one role and the roles that share them."""
 
     roles: tuple[str, ...]
     gpus: int
@@ -52,6 +57,7 @@ class WorkerGroup:
 
 @dataclass(frozen=True)
 class Layout:
+    roles: JobLayout
     pools: tuple[Pool, ...]
     groups: tuple[WorkerGroup, ...]
 
@@ -59,68 +65,61 @@ class Layout:
     def total_gpus(self) -> int:
         return sum(group.gpus_per_pod * group.replicas for group in self.groups)
 
+    def describe(self) -> list[str]:
+        """The decided layout in words: roles, pools, pods (what `rlhf render` shows)."""
+        lines = ["roles:"] + [f"  {line}" for line in self.roles.describe()]
+        lines.append(f"worker pods ({self.total_gpus} GPUs):")
+        if not self.groups:
+            lines.append("  none: no role uses a GPU, the Ray head runs the job")
+        for group in self.groups:
+            lines.append(
+                f"  {group.name}: {group.replicas} pod(s) x {group.gpus_per_pod} GPUs  [{', '.join(group.roles)}]"
+            )
+        return lines
+
 
 def plan_layout(spec: RLHFJobSpec) -> Layout:
     """The worker groups of a job, or RenderError naming the field that cannot be placed."""
-    spec = layout_view(spec)  # an offline stage places only its trained model
     capacity = spec.workers.gpus_per_pod
-    pools = role_pools(spec.models)
-    blocks = [block for pool in pools for block in pool_blocks(pool, capacity)]
-    blocks += rollout_blocks(spec.models, capacity)
+    roles = plan_roles(spec)
+    try:
+        check_layout(roles)
+    except LayoutError as exc:
+        raise RenderError(exc.field, str(exc).split(": ", 1)[1]) from None
+    pools = role_pools(roles)
+    blocks: list[tuple[Block, int]] = []
+    for pool in pools:
+        blocks += pool_blocks(pool, roles, capacity)
+    _check_tensor_parallel_on_actor(spec, roles, capacity)
     pods = pack(blocks, capacity)
-    return Layout(pools=tuple(pools), groups=group_pods(pods))
+    if len(pods) > MAX_WORKER_PODS:
+        raise RenderError(
+            WORKERS_FIELD,
+            f"{capacity} GPUs per pod gives {len(pods)} worker pods, more than the {MAX_WORKER_PODS} "
+            f"a job may have: use larger pods",
+        )
+    return Layout(roles=roles, pools=tuple(pools), groups=group_pods(pods))
 
 
-def reward_role(index: int, name: str | None) -> str:
-    return f"reward-{name}" if name else f"reward-{index}"
+def role_pools(roles: JobLayout) -> list[Pool]:
+    """One pool per role that owns GPUs, listing the roles that share them."""
+    return [Pool(roles.pool(host.name), host.gpus, host.nodes, host.field) for host in roles.hosts()]
 
 
-def role_pools(models: ModelsSpec) -> list[Pool]:
-    """The GPU pools of the model roles (rollout engines are handled by `rollout_blocks`)."""
-    actor = Pool(("actor",), models.actor.gpus, models.actor.nodes, "spec.models.actor.gpus")
-    others: list[tuple[str, RoleSpec | None, int, str]] = []
-    if models.critic is not None:
-        others.append(("critic", models.critic, models.critic.gpus, "spec.models.critic.gpus"))
-    if models.reference is not None:
-        others.append(("reference", models.reference, models.reference.gpus, "spec.models.reference.gpus"))
-    for index, source in enumerate(models.reward):
-        if source.model is not None:
-            gpus = DEFAULT_REWARD_MODEL_GPUS if source.gpus is None else source.gpus
-            others.append((reward_role(index, source.name), None, gpus, f"spec.models.reward[{index}].gpus"))
-
-    if models.colocate.all:
-        for _role, _, gpus, field in others:
-            if gpus > actor.gpus:
-                raise RenderError(
-                    field,
-                    f"{gpus} GPUs, but colocate.all time-slices every model on the actor's "
-                    f"{actor.gpus} GPUs (spec.models.actor.gpus): use at most {actor.gpus}",
-                )
-        roles = ("actor", *(role for role, *_ in others), "rollout")
-        return [Pool(roles, actor.gpus, actor.nodes, actor.field)]
-
-    pools = [actor]
-    rest = others
-    if models.colocate.actor_reference:
-        # Validation guarantees reference.gpus == actor.gpus.
-        pools = [Pool(("actor", "reference"), actor.gpus, actor.nodes, actor.field)]
-        rest = [entry for entry in rest if entry[0] != "reference"]
-    if models.colocate.critic_reward:
-        shared = [entry for entry in rest if entry[0] == "critic" or entry[0].startswith("reward-")]
-        critic = models.critic
-        assert critic is not None  # validation: colocate.criticReward needs a critic
-        gpus = max(entry[2] for entry in shared)
-        pools.append(Pool(tuple(entry[0] for entry in shared), gpus, critic.nodes, "spec.models.critic.gpus"))
-        rest = [entry for entry in rest if entry not in shared]
-    for role, role_spec, gpus, field in rest:
-        pools.append(Pool((role,), gpus, role_spec.nodes if role_spec else 1, field))
-    return pools
-
-
-def pool_blocks(pool: Pool, capacity: int) -> list[Block]:
-    """Cut a pool into blocks that each fit in one pod."""
+def pool_blocks(pool: Pool, roles: JobLayout, capacity: int) -> list[tuple[Block, int]]:
+    """Cut a pool into (block, count): blocks that each fit in one pod."""
     if pool.gpus == 0:
         return []
+    host = roles[pool.roles[0]]
+    if host.gpus_per_worker > 1:
+        # A worker of several GPUs (a tensor-parallel group) never crosses pods.
+        if host.gpus_per_worker > capacity:
+            raise RenderError(
+                "spec.models.rollout.tensorParallelSize",
+                f"a tensor-parallel group of {host.gpus_per_worker} GPUs must fit in one pod "
+                f"({WORKERS_FIELD}={capacity})",
+            )
+        return [(Block(pool.roles, host.gpus_per_worker), host.workers)]
     if pool.nodes > 1:
         per_node = pool.gpus // pool.nodes  # validation: gpus is a multiple of nodes
         if per_node > capacity:
@@ -129,76 +128,69 @@ def pool_blocks(pool: Pool, capacity: int) -> list[Block]:
                 f"{pool.gpus} GPUs over {pool.nodes} nodes is {per_node} per node, more than a pod holds "
                 f"({WORKERS_FIELD}={capacity})",
             )
-        return [Block(pool.roles, per_node)] * pool.nodes
+        return [(Block(pool.roles, per_node), pool.nodes)]
     if pool.gpus <= capacity:
-        return [Block(pool.roles, pool.gpus)]
+        return [(Block(pool.roles, pool.gpus), 1)]
     if pool.gpus % capacity:
         raise RenderError(
             pool.field,
             f"{pool.gpus} GPUs cannot be placed on pods of {capacity} GPUs ({WORKERS_FIELD}): "
             f"use at most {capacity} or a multiple of {capacity}",
         )
-    return [Block(pool.roles, capacity)] * (pool.gpus // capacity)
+    return [(Block(pool.roles, capacity), pool.gpus // capacity)]
 
 
-def rollout_blocks(models: ModelsSpec, capacity: int) -> list[Block]:
-    rollout = models.rollout
-    if rollout.engine == "hf":
-        # hf engines generate with transformers: one GPU each when the actor trains on GPUs.
-        if models.colocate.all or models.actor.gpus == 0:
-            return []
-        return [Block(("rollout",), 1)] * rollout.engines
-    tp = rollout.tensor_parallel_size
-    if rollout.engines * tp == 0 or (models.colocate.all and models.actor.gpus == 0):
-        raise RenderError(
-            "spec.models.rollout.engine", "vllm engines need GPUs, but this layout gives them none"
-        )
+def _check_tensor_parallel_on_actor(spec: RLHFJobSpec, roles: JobLayout, capacity: int) -> None:
+    """With colocate.all the engines live on the actor's GPUs: a TP group must not straddle two
+    of its pods."""
+    if "rollout" not in roles or roles["rollout"].shares_with is None:
+        return
+    tp = roles["rollout"].gpus_per_worker
     if tp > capacity:
         raise RenderError(
             "spec.models.rollout.tensorParallelSize",
             f"a tensor-parallel group of {tp} GPUs must fit in one pod ({WORKERS_FIELD}={capacity})",
         )
-    if models.colocate.all:
-        # The engines live on the actor's GPUs: a TP group must not straddle two of its pods.
-        if models.actor.gpus > capacity and capacity % tp:
-            raise RenderError(
-                "spec.models.rollout.tensorParallelSize",
-                f"{tp} does not divide the {capacity} GPUs of a pod ({WORKERS_FIELD}), so with colocate.all "
-                f"a tensor-parallel group would straddle two of the actor's pods",
-            )
-        return []
-    return [Block(("rollout",), tp)] * rollout.engines
+    if tp > 1 and spec.models.actor.gpus > capacity and capacity % tp:
+        raise RenderError(
+            "spec.models.rollout.tensorParallelSize",
+            f"{tp} does not divide the {capacity} GPUs of a pod ({WORKERS_FIELD}), so with colocate.all "
+            f"a tensor-parallel group would straddle two of the actor's pods",
+        )
 
 
-def pack(blocks: list[Block], capacity: int) -> list[list[Block]]:
-    """First-fit decreasing: few pods, each at most `capacity` GPUs."""
+def pack(blocks: list[tuple[Block, int]] | list[Block], capacity: int) -> list[list[Block]]:
+    """Best-fit decreasing: each block goes to the fullest pod it fits in (the earliest such pod
+    on a tie), else to a new pod. `blocks` are (block, count) pairs or single blocks."""
+    counted = [item if isinstance(item, tuple) else (item, 1) for item in blocks]
+    counted.sort(key=lambda item: item[0].gpus, reverse=True)
     pods: list[list[Block]] = []
-    free: list[int] = []
-    for block in sorted(blocks, key=lambda b: b.gpus, reverse=True):
-        for index, room in enumerate(free):
-            if block.gpus <= room:
-                pods[index].append(block)
-                free[index] -= block.gpus
-                break
-        else:
-            pods.append([block])
-            free.append(capacity - block.gpus)
+    # by_room[r]: a heap of the indexes of the pods with exactly r GPUs free.
+    by_room: list[list[int]] = [[] for _ in range(capacity + 1)]
+    for block, count in counted:
+        for _ in range(count):
+            room = next((r for r in range(block.gpus, capacity) if by_room[r]), None)
+            if room is None:
+                pods.append([block])
+                heapq.heappush(by_room[capacity - block.gpus], len(pods) - 1)
+                continue
+            index = heapq.heappop(by_room[room])
+            pods[index].append(block)
+            heapq.heappush(by_room[room - block.gpus], index)
     return pods
 
 
 def group_pods(pods: list[list[Block]]) -> tuple[WorkerGroup, ...]:
     """Pods with the same GPU count form one worker group, largest first."""
-    by_size: dict[int, list[list[Block]]] = {}
+    by_size: dict[int, list[str]] = {}
+    replicas: dict[int, int] = {}
     for pod in pods:
-        by_size.setdefault(sum(block.gpus for block in pod), []).append(pod)
-    groups = []
-    for size in sorted(by_size, reverse=True):
-        members = by_size[size]
-        roles: list[str] = []
-        for pod in members:
-            for block in pod:
-                roles += [role for role in block.roles if role not in roles]
-        groups.append(
-            WorkerGroup(name=f"gpu{size}", gpus_per_pod=size, replicas=len(members), roles=tuple(roles))
-        )
-    return tuple(groups)
+        size = sum(block.gpus for block in pod)
+        replicas[size] = replicas.get(size, 0) + 1
+        names = by_size.setdefault(size, [])
+        for block in pod:
+            names += [role for role in block.roles if role not in names]
+    return tuple(
+        WorkerGroup(name=f"gpu{size}", gpus_per_pod=size, replicas=replicas[size], roles=tuple(by_size[size]))
+        for size in sorted(by_size, reverse=True)
+    )

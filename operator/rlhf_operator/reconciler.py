@@ -7,28 +7,31 @@ API calls block, so they run in a worker thread.
 Order of the writes: children, then the RayJob, then the status. A crash between any two leaves a
 state the next reconcile finishes: objects are created only when absent, and the attempt is read
 back from the RayJobs that exist, so no RayJob is created twice or lost.
+
+Two things end a job while its plan is applied, once and without a retry: a child whose name is
+taken by an object the job does not control (NameConflict; that object is left as it is), and a
+child the API server refuses for good (CreateRefused, with the server's message: an invalid
+object, an admission policy, a quota). Conflicts, timeouts and server errors propagate and are
+retried with kopf's backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.client.rest import ApiException
 
 from . import decisions, naming
-from .kube import Kube, namespace_terminating
+from .kube import Kube, NotOwnedError, namespace_terminating, refusal
 from .metrics import OperatorMetrics
 
 logger = logging.getLogger(__name__)
 
-# Fault injection for the crash tests (e2e/test_operator.py): the operator stops dead at this step
-# of applying a plan (config-map, rayjob-created, status-patched) so a test can SIGKILL it there.
-PAUSE_ENV = "RLHF_OPERATOR_PAUSE_AT"
+# The cluster's own namespaces: the operator never writes there, whatever it is asked to watch.
+SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
 
 class Reconciler:
@@ -36,17 +39,18 @@ class Reconciler:
         self.kube = kube
         self.settings = settings
         self.metrics = metrics
-        self.pause_at = os.environ.get(PAUSE_ENV) or None
+        self.cache = decisions.RenderCache()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
-    async def reconcile(
-        self, namespace: str, name: str, handler: str, light: bool = False
-    ) -> decisions.Plan | None:
-        """Reconcile one job; `light` skips re-ensuring children that exist (RayJob status events)."""
+    async def reconcile(self, namespace: str, name: str, handler: str) -> decisions.Plan | None:
+        """Reconcile one job; the plan applied (None: nothing to do)."""
+        if namespace in SYSTEM_NAMESPACES:
+            logger.warning("%s/%s: jobs in system namespaces are not reconciled", namespace, name)
+            return None
         lock = self._locks.setdefault((namespace, name), asyncio.Lock())
         async with lock:
             with self.metrics.reconciling(handler):
-                return await asyncio.to_thread(self._reconcile, namespace, name, light)
+                return await asyncio.to_thread(self._reconcile, namespace, name)
 
     def forget(self, namespace: str, name: str) -> None:
         lock = self._locks.get((namespace, name))
@@ -54,14 +58,22 @@ class Reconciler:
             del self._locks[(namespace, name)]
         self.metrics.forget_job(namespace, name)
 
-    def _reconcile(self, namespace: str, name: str, light: bool) -> decisions.Plan | None:
+    def _reconcile(self, namespace: str, name: str) -> decisions.Plan | None:
         body = self.kube.get_job(namespace, name)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return None  # deleted: the garbage collector removes the children
+        uid = body["metadata"].get("uid")
         rayjobs = self.kube.list_rayjobs(namespace, name)
-        plan = decisions.plan_reconcile(body, rayjobs, self.settings, datetime.now(UTC))
+
+        def read_recorded() -> dict[str, Any] | None:
+            config_map = self.kube.get_owned("v1", "ConfigMap", namespace, naming.config_map_name(name), uid)
+            return decisions.recorded_spec(config_map)
+
+        plan = decisions.plan_reconcile(
+            body, rayjobs, self.settings, datetime.now(UTC), read_recorded=read_recorded, cache=self.cache
+        )
         try:
-            updated = self.apply(body, plan, light)
+            updated, plan = self.apply(body, plan)
         except ApiException as exc:
             if not namespace_terminating(exc):
                 raise
@@ -70,42 +82,40 @@ class Reconciler:
         self.metrics.observe_job(updated)
         return plan
 
-    def apply(self, body: dict[str, Any], plan: decisions.Plan, light: bool) -> dict[str, Any]:
-        """Carry out a plan; returns the job as last written."""
+    def apply(self, body: dict[str, Any], plan: decisions.Plan) -> tuple[dict[str, Any], decisions.Plan]:
+        """Carry out a plan; returns the job as last written and the plan that was applied (a
+        failure plan in place of `plan` when a child met a refusal or a foreign object)."""
+        try:
+            self._write_children(body, plan)
+        except NotOwnedError as exc:
+            plan = decisions.fail_job(body, "NameConflict", str(exc), datetime.now(UTC))
+        except ApiException as exc:
+            message = refusal(exc)
+            if message is None:
+                raise
+            plan = decisions.fail_job(body, "CreateRefused", message, datetime.now(UTC))
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        if plan.create_rayjob is not None or not light:
-            for obj in plan.ensure:
-                if plan.config_map is not None and obj["kind"] == "ConfigMap":
-                    continue  # written below
-                self.kube.create_if_absent(obj)
-        if plan.config_map is not None:
-            self.kube.write_config_map(plan.config_map)
-            self._pause("config-map")
-        if plan.patch_rayjob is not None:
-            self.kube.patch_rayjob(namespace, *plan.patch_rayjob)
-        if plan.create_rayjob is not None:
-            rayjob_name = plan.create_rayjob["metadata"]["name"]
-            created = self.kube.create_if_absent(plan.create_rayjob)
-            attempt = naming.attempt_of(rayjob_name, name) or 0
-            if created:
-                logger.info("%s/%s: created RayJob %s", namespace, name, rayjob_name)
-                if attempt > 0:
-                    self.metrics.restarted(namespace, name)
-            self._pause("rayjob-created")
         updated = body
         if plan.status:
             updated = self.kube.patch_job_status(namespace, name, plan.status)
-            self._pause("status-patched")
         for event in plan.events:
             try:
                 self.kube.post_event(body, event.type, event.reason, event.message)
             except ApiException as exc:  # an event is worth a log line, not a failed reconcile
                 logger.warning("%s/%s: cannot post event %s: %s", namespace, name, event.reason, exc.reason)
-        return updated
+        return updated, plan
 
-    def _pause(self, step: str) -> None:
-        if self.pause_at == step:
-            logger.warning("PAUSED at %s (%s)", step, PAUSE_ENV)
-            while True:
-                time.sleep(3600)
+    def _write_children(self, body: dict[str, Any], plan: decisions.Plan) -> None:
+        meta = body["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+        for obj in plan.children:
+            self.kube.ensure_child(obj, uid)
+        if plan.patch_rayjob is not None:
+            self.kube.patch_rayjob(namespace, *plan.patch_rayjob)
+        if plan.create_rayjob is not None:
+            rayjob_name = plan.create_rayjob["metadata"]["name"]
+            if self.kube.ensure_child(plan.create_rayjob, uid):
+                logger.info("%s/%s: created RayJob %s", namespace, name, rayjob_name)
+                if (naming.attempt_of(rayjob_name, name) or 0) > 0:
+                    self.metrics.restarted(namespace, name)

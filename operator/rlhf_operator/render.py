@@ -2,30 +2,44 @@
 
 - ConfigMap `<job>-trainer-config`: the TrainerConfig (wire keys) at /etc/rlhf/trainer.yaml.
 - ServiceAccount, Role, RoleBinding `<job>-trainer`: get/patch on this job's status only.
+- NetworkPolicy `<job>-ray` (when the policy enables it): the job's Ray pods admit only each
+  other, the operator's and the control namespaces (dashboard, metrics) and monitoring (metrics).
 - RayJob `<job>-a<attempt>` (ray.io/v1): a CPU head that runs `rlhf train` as the entrypoint,
   GPU worker groups from `placement.plan_layout`, /dev/shm in memory and the checkpoint volume
-  on every pod, secrets by reference, the pod template overrides merged in.
+  on every pod, secrets by reference, the pod template overrides merged in. Ray token
+  authentication is on (KubeRay's `authOptions`: KubeRay generates the token Secret of each Ray
+  cluster and hands it to the Ray pods and the submitter). Every pod (head, workers, KubeRay's
+  submitter through `submitterPodTemplate`) meets the restricted Pod Security Standard.
 
-Every object carries the label `rlhf.io/job` and, when the job has a uid, a controller owner
-reference to it, so deleting the job cascades through the garbage collector.
+The platform policy (policy.py) is enforced first: a breaching job raises PolicyViolation and
+nothing is rendered. Every object carries the label `rlhf.io/job` and, when the job has a uid, a
+controller owner reference to it, so deleting the job cascades through the garbage collector.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from rlhf_trainer.api.job import GROUP, PLURAL, RLHFJob, TrainerConfig
-from rlhf_trainer.api.spec import RLHFJobSpec
+from rlhf_trainer.api.spec import RLHFJobSpec, reward_auth_env
 
 from . import naming
 from .errors import RenderError
+from .isolation import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, render_network_policy
 from .placement import WorkerGroup, plan_layout
+from .policy import Policy, check_pods, enforce, operator_policy
 
-__all__ = ["RenderError", "RenderOptions", "render_job_objects", "render_rayjob", "render_trainer_config"]
+__all__ = [
+    "RenderError",
+    "RenderOptions",
+    "render_job_objects",
+    "render_rayjob",
+    "render_trainer_config",
+]
 
 ENTRYPOINT = f"rlhf train --config {naming.CONFIG_PATH}"
 DEFAULT_OUTPUT_DIR = "/tmp/rlhf-output"
@@ -33,7 +47,7 @@ SHM_VOLUME = "dshm"
 CHECKPOINT_VOLUME = "checkpoints"
 CONFIG_VOLUME = "trainer-config"
 GPU_RESOURCE = "nvidia.com/gpu"
-SECRET_ENV = {"hf_token": "HF_TOKEN", "wandb_api_key": "WANDB_API_KEY"}
+SECRET_ENV = {"hf_token": "HF_TOKEN"}
 JOB_ENV = ("RLHF_JOB_NAME", "RLHF_JOB_NAMESPACE")
 HEAD_PORTS = (
     ("gcs-server", 6379),
@@ -43,6 +57,14 @@ HEAD_PORTS = (
     ("trainer-metrics", naming.TRAINER_METRICS_PORT),
 )
 WORKER_PORTS = (("metrics", naming.RAY_METRICS_PORT),)
+# The Ray version of the trainer image (images/trainer/constraints.txt; a test checks they agree).
+# KubeRay needs it to run token authentication (Ray >= 2.52) and picks commands by it.
+RAY_VERSION = "2.60.0"
+SUBMITTER_CONTAINER = "ray-job-submitter"
+SUBMITTER_RESOURCES = {
+    "requests": {"cpu": "500m", "memory": "200Mi"},
+    "limits": {"cpu": "1", "memory": "1Gi"},
+}
 
 
 @dataclass(frozen=True)
@@ -55,15 +77,24 @@ class RenderOptions:
     # RayJob spec.managedBy: unset = KubeRay; "kueue.x-k8s.io/multikueue" hands the RayJob to MultiKueue
     # (and keeps a KubeRay controller off it, which the e2e tests that play KubeRay rely on).
     rayjob_managed_by: str | None = None
+    # The platform policy; by default the running operator's (RLHF_OPERATOR_POLICY) or the chart's defaults.
+    policy: Policy = dataclasses.field(default_factory=operator_policy)
 
 
 def render_job_objects(job: RLHFJob, options: RenderOptions) -> list[dict[str, Any]]:
-    """ConfigMap, ServiceAccount, Role, RoleBinding and RayJob, in the order they are created."""
-    return [
-        render_config_map(job, options),
-        *render_trainer_rbac(job, options),
-        render_rayjob(job, options),
-    ]
+    """ConfigMap, ServiceAccount, Role, RoleBinding, NetworkPolicy and RayJob, in creation order.
+
+    The ConfigMap comes first and the RayJob last; PolicyViolation (a RenderError) when the job
+    breaches the platform policy.
+    """
+    enforce(job.spec, options.policy, options.default_image)
+    rayjob = render_rayjob(job, options)
+    objects = [render_config_map(job, options), *render_trainer_rbac(job, options)]
+    if options.policy.network_policy.enabled:
+        name = job.metadata.name
+        metadata = _metadata(job, options, naming.network_policy_name(name))
+        objects.append(render_network_policy(name, metadata, options.policy))
+    return [*objects, rayjob]
 
 
 def job_namespace(job: RLHFJob, options: RenderOptions) -> str:
@@ -134,13 +165,15 @@ def render_trainer_rbac(job: RLHFJob, options: RenderOptions) -> list[dict[str, 
 
 def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
     spec = job.spec
-    layout = plan_layout(spec)
+    enforce(spec, options.policy, options.default_image)
     _check_template(spec)
+    layout = plan_layout(spec)
+    check_pods(sum(group.replicas for group in layout.groups), options.policy)
     metadata = _metadata(job, options, naming.rayjob_name(job.metadata.name, options.attempt))
     metadata["labels"][naming.LABEL_ATTEMPT] = str(options.attempt)
     if spec.queue_name:
         metadata["labels"][naming.LABEL_QUEUE] = spec.queue_name
-    metadata["annotations"] = {naming.ANNOTATION_SPEC: spec_annotation(spec)}
+    metadata["annotations"] = {naming.ANNOTATION_SPEC_DIGEST: naming.spec_digest(spec.to_wire())}
     rayjob_spec: dict[str, Any] = {
         "entrypoint": ENTRYPOINT,
         "submissionMode": "K8sJobMode",
@@ -149,6 +182,7 @@ def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
         "backoffLimit": 0,
         "shutdownAfterJobFinishes": True,
         "suspend": spec.suspend,
+        "submitterPodTemplate": _submitter_template(job, options),
     }
     if options.rayjob_managed_by:
         rayjob_spec["managedBy"] = options.rayjob_managed_by
@@ -157,6 +191,10 @@ def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
     if spec.ttl_seconds_after_finished is not None:
         rayjob_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
     rayjob_spec["rayClusterSpec"] = {
+        # KubeRay generates a random token per Ray cluster (a Secret it owns) and sets
+        # RAY_AUTH_MODE/RAY_AUTH_TOKEN on the Ray containers and the submitter.
+        "authOptions": {"mode": "token"},
+        "rayVersion": RAY_VERSION,
         "headGroupSpec": {
             "rayStartParams": {
                 "dashboard-host": "0.0.0.0",
@@ -167,10 +205,6 @@ def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
         "workerGroupSpecs": [_worker_group(job, options, group) for group in layout.groups],
     }
     return {"apiVersion": naming.RAY_API_VERSION, "kind": "RayJob", "metadata": metadata, "spec": rayjob_spec}
-
-
-def spec_annotation(spec: RLHFJobSpec) -> str:
-    return json.dumps(spec.to_wire(), separators=(",", ":"), sort_keys=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,7 +226,35 @@ def _head_template(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
     ]
     pod_spec = _pod_spec(spec, container, volumes)
     pod_spec["serviceAccountName"] = naming.trainer_account_name(job.metadata.name)
+    # The driver writes the job's status with this token; the workers and the submitter get none.
+    pod_spec["automountServiceAccountToken"] = True
     return {"metadata": _pod_metadata(job, options, "head", ()), "spec": pod_spec}
+
+
+def _submitter_template(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
+    """KubeRay's submitter pod (it runs `ray job submit`; KubeRay sets its command and token)."""
+    spec = job.spec
+    container: dict[str, Any] = {"name": SUBMITTER_CONTAINER, "image": spec.image or options.default_image}
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    container["resources"] = SUBMITTER_RESOURCES
+    container["securityContext"] = dict(CONTAINER_SECURITY_CONTEXT)
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": dict(POD_SECURITY_CONTEXT),
+        "containers": [container],
+    }
+    if spec.template.image_pull_secrets:
+        pod["imagePullSecrets"] = [ref.to_wire() for ref in spec.template.image_pull_secrets]
+    if spec.priority_class_name:
+        pod["priorityClassName"] = spec.priority_class_name
+    labels = {
+        **naming.job_labels(job.metadata.name),
+        naming.LABEL_ATTEMPT: str(options.attempt),
+        naming.LABEL_ROLE: "submitter",
+    }
+    return {"metadata": {"labels": labels}, "spec": pod}
 
 
 def _worker_group(job: RLHFJob, options: RenderOptions, group: WorkerGroup) -> dict[str, Any]:
@@ -203,6 +265,7 @@ def _worker_group(job: RLHFJob, options: RenderOptions, group: WorkerGroup) -> d
     gpu_resources = {"requests": requests, "limits": limits}
     container = _container(spec, options, "ray-worker", _common_env(spec), gpu_resources, WORKER_PORTS)
     pod_spec = _pod_spec(spec, container, _common_volumes(spec))
+    pod_spec["automountServiceAccountToken"] = False
     return {
         "groupName": group.name,
         "replicas": group.replicas,
@@ -232,6 +295,7 @@ def _container(
         mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path})
     mounts += [mount.to_wire() for mount in spec.template.volume_mounts]
     container["volumeMounts"] = mounts
+    container["securityContext"] = dict(CONTAINER_SECURITY_CONTEXT)
     return container
 
 
@@ -241,6 +305,16 @@ def _common_env(spec: RLHFJobSpec) -> list[dict[str, Any]]:
         ref = getattr(spec.secrets, field)
         if ref is not None:
             env.append({"name": env_name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    # URL reward credentials: from their Secret into the env the trainer reads (rewards/remote.py).
+    for index, source in enumerate(spec.models.reward):
+        if source.auth is not None:
+            ref = source.auth.secret_key_ref
+            env.append(
+                {
+                    "name": reward_auth_env(index),
+                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+                }
+            )
     return env
 
 
@@ -255,7 +329,11 @@ def _common_volumes(spec: RLHFJobSpec) -> list[dict[str, Any]]:
 
 def _pod_spec(spec: RLHFJobSpec, container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
     template = spec.template
-    pod: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    pod: dict[str, Any] = {
+        "securityContext": dict(POD_SECURITY_CONTEXT),
+        "containers": [container],
+        "volumes": volumes,
+    }
     if template.node_selector:
         pod["nodeSelector"] = dict(template.node_selector)
     if template.tolerations:
@@ -316,6 +394,7 @@ def _check_template(spec: RLHFJobSpec) -> None:
                 f"{path} is already used by {reserved_paths[path]}",
             )
     reserved_env = set(JOB_ENV) | {name for field, name in SECRET_ENV.items() if getattr(spec.secrets, field)}
+    reserved_env |= {reward_auth_env(i) for i, source in enumerate(spec.models.reward) if source.auth}
     for index, var in enumerate(spec.template.env):
         if var.name in reserved_env:
             raise RenderError(f"spec.template.env[{index}].name", f"{var.name} is set by the operator")

@@ -1,10 +1,15 @@
-"""RayJob status -> RLHFJob phase and conditions (pure).
+"""RayJob status -> RLHFJob phase, conditions and the status document (pure).
 
 KubeRay reports two levels: `jobDeploymentStatus` (the RayCluster's lifecycle: New, Initializing,
 Running, Complete, Failed, ValidationFailed, Suspending, Suspended, Retrying, Waiting) and
 `jobStatus` (the Ray job's own state: "", PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED). They stay
 apart here too: the `RayClusterReady` condition reports the infrastructure, `Running` reports
 training, and `Succeeded`/`Failed` appear when the job ends. `attempt_state` is the table.
+
+The status documents (`live_status`, `ended_status`, `failed_status`) are built from the
+`api/status.py` models, so what the operator writes is what the CRD declares. Every message is
+bounded and scrubbed of anything that looks like a credential (`messages.clean_message`): KubeRay
+copies the driver's log into the RayJob's message, and a log can hold tokens.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from rlhf_trainer.api.status import OPERATOR_FIELDS
+from rlhf_trainer.api.status import OPERATOR_FIELDS, RLHFJobStatus
+
+from .messages import REASON_LIMIT, clean_message
 
 CLUSTER_READY = "RayClusterReady"
 RUNNING = "Running"
@@ -62,6 +69,7 @@ def attempt_state(
 ) -> AttemptState:
     """The table: (jobStatus, jobDeploymentStatus) of KubeRay v1 -> the attempt's state."""
     js, ds = job_status or "", deployment_status or ""
+    reason, message = clean_message(reason, REASON_LIMIT), clean_message(message)
     not_started = _training("False", "NotStarted", "the trainer has not started")
     suspended = _training("False", "Suspended", "the job is suspended")
     if ds == "":  # New: KubeRay has not picked the RayJob up yet
@@ -174,7 +182,7 @@ def conditions(
             "type": cond.type,
             "status": cond.status,
             "reason": cond.reason,
-            "message": cond.message,
+            "message": clean_message(cond.message),
             "lastTransitionTime": now
             if changed or not old.get("lastTransitionTime")
             else old["lastTransitionTime"],
@@ -203,3 +211,144 @@ def status_patch(previous: dict[str, Any], desired: dict[str, Any]) -> dict[str,
 
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------------------------
+# the status document
+
+
+@dataclass(frozen=True)
+class StatusContext:
+    """What every status document of one reconcile shares."""
+
+    previous: dict[str, Any]  # the status as read (operator's and trainer's fields)
+    clock: str  # now, RFC 3339
+    generation: int | None
+    attempt: int
+    extra: tuple[Cond, ...] = ()  # SpecChangeRefused, when it applies
+
+
+def live_status(
+    ctx: StatusContext,
+    phase: str,
+    ref: dict[str, Any],
+    state: AttemptState,
+    suspend_requested: bool,
+    start_time: str | None = None,
+) -> dict[str, Any]:
+    """A job whose current attempt has not ended (or has not been created yet)."""
+    conds = _base_conditions(state, phase, suspend_requested)
+    message = state.training.message or state.cluster.message
+    if phase == "Retrying" and ctx.previous.get("phase") == "Retrying":
+        message = ctx.previous.get("message") or message  # why it restarts, until the new attempt runs
+    return _document(
+        ctx,
+        phase=phase,
+        attempt=ctx.attempt,
+        ray_job=ref,
+        conds=conds,
+        message=message,
+        start_time=start_time,
+    )
+
+
+def retrying_status(ctx: StatusContext, ref: dict[str, Any], message: str) -> dict[str, Any]:
+    """A new attempt was just decided; `ctx.attempt` is the new one."""
+    message = clean_message(message)
+    state = AttemptState(
+        "Retrying", _cluster("False", "Retrying", message), _training("False", "Retrying", message)
+    )
+    conds = _base_conditions(state, "Retrying", False)
+    return _document(ctx, phase="Retrying", attempt=ctx.attempt, ray_job=ref, conds=conds, message=message)
+
+
+def ended_status(
+    ctx: StatusContext, phase: str, ref: dict[str, Any], state: AttemptState, rayjob_status: dict[str, Any]
+) -> dict[str, Any]:
+    """The current attempt ended and no other follows: Succeeded or Failed."""
+    if phase == "Succeeded":
+        outcome = Cond(SUCCEEDED, "True", "Succeeded", state.training.message)
+        message = f"training finished (attempt {ctx.attempt})"
+    else:
+        outcome = Cond(FAILED, "True", state.reason, state.message)
+        message = f"{state.reason}: {state.message}"
+    conds = [*_base_conditions(state, phase, False), outcome]
+    return _document(
+        ctx,
+        phase=phase,
+        attempt=ctx.attempt,
+        ray_job=ref,
+        conds=conds,
+        message=message,
+        completion_time=rayjob_status.get("endTime") or ctx.clock,
+        start_time=None if ctx.previous.get("startTime") else rayjob_status.get("startTime") or ctx.clock,
+    )
+
+
+def failed_status(ctx: StatusContext, reason: str, message: str) -> dict[str, Any]:
+    """The job cannot run (an invalid spec, a render error, a child the server refused or that
+    belongs to someone else): Failed, with no RayJob created for it."""
+    message = clean_message(message)
+    conds = [
+        Cond(CLUSTER_READY, "False", reason, "no RayJob was created"),
+        Cond(RUNNING, "False", reason, message),
+        Cond(FAILED, "True", reason, message),
+    ]
+    return _document(
+        ctx,
+        phase="Failed",
+        conds=conds,
+        message=f"{reason}: {message}",
+        completion_time=ctx.clock,
+        extra=False,
+    )
+
+
+def refusal_conditions(previous: dict[str, Any], refused: list[str], invalid: list[str]) -> tuple[Cond, ...]:
+    """SpecChangeRefused: True while the spec asks for a change the running job cannot take."""
+    if invalid:
+        message = (
+            f"the edited spec is invalid ({'; '.join(invalid)}); the job keeps running with its previous spec"
+        )
+        return (Cond(SPEC_CHANGE_REFUSED, "True", "InvalidSpec", message),)
+    if refused:
+        message = (
+            f"{', '.join(refused)}: cannot change while the job has a RayJob; the job keeps running "
+            "with its previous spec. Revert the change, or delete and recreate the job."
+        )
+        return (Cond(SPEC_CHANGE_REFUSED, "True", "NotInPlace", message),)
+    if any(cond.get("type") == SPEC_CHANGE_REFUSED for cond in previous.get("conditions") or []):
+        return (Cond(SPEC_CHANGE_REFUSED, "False", "SpecMatches", "the spec matches the running job"),)
+    return ()
+
+
+def _base_conditions(state: AttemptState, phase: str, suspend_requested: bool) -> list[Cond]:
+    if phase == "Suspended":
+        suspend = Cond(SUSPENDED, "True", state.cluster.reason, "the job is suspended")
+    elif suspend_requested:
+        suspend = Cond(SUSPENDED, "False", "Suspending", "spec.suspend is true; waiting for KubeRay")
+    else:
+        suspend = Cond(SUSPENDED, "False", "NotSuspended", "")
+    return [state.cluster, state.training, suspend]
+
+
+# RLHFJobStatus attribute names of the operator-owned fields.
+_OPERATOR_ATTRS = {
+    name for name, field in RLHFJobStatus.model_fields.items() if field.alias in OPERATOR_FIELDS
+}
+
+
+def _document(
+    ctx: StatusContext, *, conds: list[Cond], message: str, extra: bool = True, **fields: Any
+) -> dict[str, Any]:
+    """The operator's fields (RLHFJobStatus attribute names in `fields`; None: left out) on the wire."""
+    listed = [*conds, *ctx.extra] if extra else conds
+    status = RLHFJobStatus.model_validate(
+        {
+            **{name: value for name, value in fields.items() if value is not None},
+            "observed_generation": ctx.generation,
+            "conditions": conditions(ctx.previous.get("conditions") or [], listed, ctx.clock, ctx.generation),
+            "message": clean_message(message),
+        }
+    )
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True, include=_OPERATOR_ATTRS)

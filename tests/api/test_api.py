@@ -206,7 +206,7 @@ def test_defaults_match_between_crd_and_models() -> None:
 
 
 def test_api_imports_nothing_heavy() -> None:
-    code = "import sys, rlhf_trainer.api, rlhf_trainer.cli; print(sorted(m for m in ('torch', 'ray', 'deepspeed', 'transformers') if m in sys.modules))"
+    code = "import sys, rlhf_trainer.api, rlhf_trainer.api.layout, rlhf_operator.placement, rlhf_trainer.cli; print(sorted(m for m in ('torch', 'ray', 'deepspeed', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

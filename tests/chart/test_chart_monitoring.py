@@ -128,7 +128,7 @@ def test_alert_thresholds_come_from_values(helm_home: Path) -> None:
 
 def test_dashboard_configmap_carries_the_file_and_the_sidecar_label(helm_home: Path) -> None:
     objects = render(helm_home, {"grafanaDashboard.namespace": "monitoring"})
-    configmap = find(objects, "ConfigMap")
+    configmap = find(objects, "ConfigMap", "rlhf-rlhf-operator-dashboard")
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert configmap["metadata"]["namespace"] == "monitoring"
     assert json.loads(configmap["data"]["rlhf.json"]) == dashboard()
@@ -160,8 +160,14 @@ def test_pod_monitor_selects_job_pods_in_the_watched_namespaces(helm_home: Path,
     assert monitor["spec"]["namespaceSelector"] == expected
     endpoints = {e["port"]: e for e in monitor["spec"]["podMetricsEndpoints"]}
     assert set(endpoints) == {"trainer-metrics", "metrics"}
-    assert endpoints["trainer-metrics"]["honorLabels"] is True
     assert all(e["path"] == "/metrics" for e in endpoints.values())
+    # The tenant's image is not trusted with its labels: namespace and job come from the pod.
+    for endpoint in endpoints.values():
+        assert endpoint["honorLabels"] is False
+        assert {(tuple(r["sourceLabels"]), r["targetLabel"]) for r in endpoint["relabelings"]} == {
+            (("__meta_kubernetes_namespace",), "namespace"),
+            (("__meta_kubernetes_pod_label_rlhf_io_job",), "job"),
+        }
 
 
 def test_pod_monitor_ports_and_label_match_what_the_operator_renders(helm_home: Path) -> None:

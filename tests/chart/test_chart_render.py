@@ -35,14 +35,19 @@ def test_default_rendering_has_no_object_that_needs_monitoring_crds(helm_home: P
         ("ClusterRole", "rlhf-rlhf-operator"),
         ("ClusterRoleBinding", "rlhf-rlhf-operator"),
         ("ConfigMap", "rlhf-rlhf-operator-dashboard"),
+        ("ConfigMap", "rlhf-rlhf-operator-policy"),
         ("Deployment", "rlhf-rlhf-operator"),
         ("Pod", "rlhf-rlhf-operator-test-metrics"),
         ("Service", "rlhf-rlhf-operator-metrics"),
         ("ServiceAccount", "rlhf-rlhf-operator"),
+        ("ValidatingAdmissionPolicy", "rlhf-rlhf-operator-system-namespaces"),
+        ("ValidatingAdmissionPolicy", "rlhf-rlhf-operator-trainer-status"),
+        ("ValidatingAdmissionPolicyBinding", "rlhf-rlhf-operator-system-namespaces"),
+        ("ValidatingAdmissionPolicyBinding", "rlhf-rlhf-operator-trainer-status"),
     ]
     for obj in objects:
         assert obj["metadata"]["labels"]["helm.sh/chart"] == CHART_VERSION_LABEL
-        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if not obj["kind"].startswith(("ClusterRole", "ValidatingAdmissionPolicy")):
             assert obj["metadata"]["namespace"] == "rlhf-system", obj["kind"]
 
 
@@ -65,11 +70,16 @@ def test_switches_off_remove_their_objects(helm_home: Path) -> None:
             "grafanaDashboard.enabled": "false",
             "tests.enabled": "false",
             "rbac.create": "false",
+            "admissionPolicies.enabled": "false",
             "serviceAccount.create": "false",
             "serviceAccount.name": "ops-team-sa",
         },
     )
-    assert kinds(objects) == [("Deployment", "rlhf-rlhf-operator"), ("Service", "rlhf-rlhf-operator-metrics")]
+    assert kinds(objects) == [
+        ("ConfigMap", "rlhf-rlhf-operator-policy"),
+        ("Deployment", "rlhf-rlhf-operator"),
+        ("Service", "rlhf-rlhf-operator-metrics"),
+    ]
     pod = find(objects, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "ops-team-sa"
 
@@ -88,8 +98,9 @@ def test_operator_deployment_runs_one_replica_recreated_non_root_read_only(helm_
     assert operator["securityContext"]["allowPrivilegeEscalation"] is False
     assert operator["securityContext"]["capabilities"]["drop"] == ["ALL"]
     # The read-only root needs a writable /tmp.
-    (mount,) = operator["volumeMounts"]
+    mount, policy = operator["volumeMounts"]
     assert mount["mountPath"] == "/tmp"
+    assert policy == {"name": "policy", "mountPath": "/etc/rlhf-operator", "readOnly": True}
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     assert "emptyDir" in volume
     assert set(operator["resources"]["requests"]) == {"cpu", "memory"}
@@ -179,7 +190,15 @@ def test_pod_placement_and_pull_secrets_reach_the_pod(helm_home: Path) -> None:
 def test_name_overrides_rename_every_object(helm_home: Path) -> None:
     objects = render(helm_home, {"fullnameOverride": "rlhf-ops"})
     names = {o["metadata"]["name"] for o in objects}
-    assert names == {"rlhf-ops", "rlhf-ops-metrics", "rlhf-ops-dashboard", "rlhf-ops-test-metrics"}
+    assert names == {
+        "rlhf-ops",
+        "rlhf-ops-metrics",
+        "rlhf-ops-dashboard",
+        "rlhf-ops-policy",
+        "rlhf-ops-test-metrics",
+        "rlhf-ops-system-namespaces",
+        "rlhf-ops-trainer-status",
+    }
 
 
 def test_helm_test_hook_fetches_the_metrics_service_with_the_operator_image(helm_home: Path) -> None:

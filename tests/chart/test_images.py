@@ -171,3 +171,21 @@ def test_build_script_tags_images_with_the_package_version(tmp_path: Path) -> No
     assert calls[0] == "info"
     assert calls[1] == f"build -f images/operator/Dockerfile -t reg.example/rlhf/operator:{version} ."
     assert calls[2] == f"build -f images/trainer/Dockerfile -t reg.example/rlhf/trainer:{version} ."
+
+
+def test_trainer_image_user_is_the_uid_and_gid_the_operator_runs_pods_as() -> None:
+    from rlhf_operator.isolation import POD_SECURITY_CONTEXT, TRAINER_UID
+
+    steps = instructions(IMAGES / "trainer" / "Dockerfile")
+    (user,) = [rest for word, rest in steps if word == "USER"]
+    assert user == f"{TRAINER_UID}:{TRAINER_UID}"
+    assert POD_SECURITY_CONTEXT["fsGroup"] == POD_SECURITY_CONTEXT["runAsGroup"] == TRAINER_UID
+    created = " ".join(rest for word, rest in steps if word == "RUN" and "useradd" in rest)
+    assert f"--uid {TRAINER_UID}" in created and f"--gid {TRAINER_UID}" in created
+
+
+def test_the_rayjobs_ray_version_is_the_trainer_images() -> None:
+    from rlhf_operator.render import RAY_VERSION
+
+    pins = (IMAGES / "trainer" / "constraints.txt").read_text().split()
+    assert f"ray=={RAY_VERSION}" in pins

@@ -4,14 +4,13 @@ apply or refuse spec edits, and stay idempotent across operator crashes."""
 from __future__ import annotations
 
 import copy
-import json
 from datetime import UTC, datetime
 
 import pytest
 import yaml
 from operator_helpers import UID, example_doc
 
-from rlhf_operator.decisions import Settings, diff_paths, plan_reconcile
+from rlhf_operator.decisions import RenderCache, Settings, diff_paths, plan_reconcile, recorded_spec
 from rlhf_trainer.api.status import OPERATOR_FIELDS
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -29,9 +28,17 @@ def job_body(stem="grpo-qwen2.5-7b-math", status=None, generation=1, **spec_chan
     return doc
 
 
-def plan(body, rayjobs=()):
-    result = plan_reconcile(body, list(rayjobs), SETTINGS, NOW)
+def plan(body, rayjobs=(), recorded=None, cache=None):
+    """`recorded`: the plan whose trainer ConfigMap holds the spec the RayJobs were rendered from."""
+    reads = []
+
+    def read_recorded():
+        reads.append(1)
+        return recorded_spec(recorded.config_map) if recorded is not None else None
+
+    result = plan_reconcile(body, list(rayjobs), SETTINGS, NOW, read_recorded=read_recorded, cache=cache)
     assert set(result.status) <= set(OPERATOR_FIELDS), "the operator wrote a field it does not own"
+    result.recorded_reads = len(reads)
     return result
 
 
@@ -64,7 +71,13 @@ def trainer_config(result):
 
 def test_a_new_job_gets_its_children_and_a_first_rayjob():
     result = plan(job_body())
-    assert [o["kind"] for o in result.ensure] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap"]
+    assert [o["kind"] for o in result.children] == [
+        "ConfigMap",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "NetworkPolicy",
+    ]
     assert result.create_rayjob["metadata"]["name"] == "grpo-qwen-math-a0"
     assert trainer_config(result)["attempt"] == 0 and "resumeFrom" not in trainer_config(result)
     assert result.status["phase"] == "Pending"
@@ -91,7 +104,8 @@ def test_a_running_rayjob_makes_the_job_running_once():
     )
     body = applied(body, first)
     running = plan(body, [rayjob])
-    assert running.create_rayjob is None and running.config_map is None and running.patch_rayjob is None
+    assert running.create_rayjob is None and running.children == [] and running.patch_rayjob is None
+    assert running.recorded_reads == 0  # the spec did not change: nothing to read back
     assert running.status["phase"] == "Running"
     assert running.status["startTime"] == CLOCK
     assert running.status["rayJob"] == {
@@ -238,8 +252,8 @@ def test_a_spec_edit_that_cannot_apply_in_place_is_refused_and_the_rayjob_left_a
     edited["metadata"]["generation"] = 2
     edited["spec"]["models"]["actor"]["model"] = "/models/other"
     edited["spec"]["training"]["maxSteps"] = 900
-    result = plan(edited, [rayjob])
-    assert result.create_rayjob is None and result.patch_rayjob is None and result.config_map is None
+    result = plan(edited, [rayjob], recorded=first)
+    assert result.create_rayjob is None and result.patch_rayjob is None and result.children == []
     refused = cond(result, "SpecChangeRefused")
     assert (refused["status"], refused["reason"]) == ("True", "NotInPlace")
     assert refused["message"].startswith("spec.models.actor.model, spec.training.maxSteps: cannot change")
@@ -248,7 +262,7 @@ def test_a_spec_edit_that_cannot_apply_in_place_is_refused_and_the_rayjob_left_a
     # Reverting the edit clears the condition.
     reverted = copy.deepcopy(applied(edited, result))
     reverted["spec"] = body["spec"]
-    cleared = plan(reverted, [rayjob])
+    cleared = plan(reverted, [rayjob], recorded=first)
     assert (cond(cleared, "SpecChangeRefused")["status"], cond(cleared, "SpecChangeRefused")["reason"]) == (
         "False",
         "SpecMatches",
@@ -264,8 +278,8 @@ def test_suspend_applies_in_place_to_the_rayjob():
     result = plan(suspended, [rayjob])
     name, patch = result.patch_rayjob
     assert name == "grpo-qwen-math-a0"
-    assert patch["spec"] == {"suspend": True}
-    assert json.loads(patch["metadata"]["annotations"]["rlhf.io/spec"])["suspend"] is True
+    assert patch == {"spec": {"suspend": True}}  # the spec digest leaves in-place fields out
+    assert result.recorded_reads == 0
     assert "SpecChangeRefused" not in [c["type"] for c in result.status["conditions"]]
     assert (cond(result, "Suspended")["status"], cond(result, "Suspended")["reason"]) == (
         "False",
@@ -274,7 +288,6 @@ def test_suspend_applies_in_place_to_the_rayjob():
     # KubeRay reports the suspension: phase Suspended.
     rayjob = with_status(rayjob, jobStatus="", jobDeploymentStatus="Suspended")
     rayjob["spec"]["suspend"] = True
-    rayjob["metadata"]["annotations"] = patch["metadata"]["annotations"]
     done = plan(applied(suspended, result), [rayjob])
     assert done.patch_rayjob is None
     assert done.status["phase"] == "Suspended"
@@ -318,7 +331,7 @@ def test_a_restart_keeps_the_spec_the_job_started_with():
     edited = applied(body, first)
     edited["spec"]["training"]["maxSteps"] = 900  # refused while attempt 0 exists
     edited["spec"]["backoffLimit"] = 3  # in place
-    restart = plan(edited, [failed])
+    restart = plan(edited, [failed], recorded=first)
     assert trainer_config(restart)["spec"]["training"]["maxSteps"] == 500
     assert trainer_config(restart)["spec"]["backoffLimit"] == 3
 
@@ -328,7 +341,7 @@ def test_a_spec_the_operator_cannot_read_fails_the_job_permanently_naming_the_fi
     body["spec"]["models"]["actor"]["gpus"] = "four"
     result = plan(body)
     assert result.failed_permanently.startswith("InvalidSpec: spec.models.actor.gpus: must be an integer")
-    assert result.create_rayjob is None and result.ensure == []
+    assert result.create_rayjob is None and result.children == []
     assert result.status["phase"] == "Failed"
     assert (cond(result, "Failed")["status"], cond(result, "Failed")["reason"]) == ("True", "InvalidSpec")
     assert [(e.type, e.reason) for e in result.events] == [("Warning", "Failed")]
@@ -337,6 +350,8 @@ def test_a_spec_the_operator_cannot_read_fails_the_job_permanently_naming_the_fi
 def test_an_unplaceable_job_fails_permanently_naming_the_field():
     body = job_body()
     body["spec"]["models"]["actor"]["gpus"] = 12
+    # Batches that 12 data-parallel workers split evenly: only the pods are wrong.
+    body["spec"]["training"].update(rolloutBatchSize=96, trainBatchSize=96)
     result = plan(body)
     assert result.failed_permanently.startswith(
         "RenderFailed: spec.models.actor.gpus: 12 GPUs cannot be placed"
@@ -348,7 +363,7 @@ def test_an_unplaceable_job_fails_permanently_naming_the_field():
 def test_a_finished_job_is_left_alone():
     body = job_body(status={"phase": "Failed", "attempt": 1})
     result = plan(body, [])
-    assert (result.status, result.create_rayjob, result.ensure, result.events) == ({}, None, [], [])
+    assert (result.status, result.create_rayjob, result.children, result.events) == ({}, None, [], [])
 
 
 def test_a_rayjob_deleted_by_hand_while_running_is_recreated_under_the_same_name():
@@ -372,9 +387,126 @@ def test_an_unreadable_edit_of_a_running_job_is_refused_and_the_job_keeps_runnin
     rayjob = with_status(first.create_rayjob, jobStatus="RUNNING", jobDeploymentStatus="Running")
     edited = applied(body, first)
     edited["spec"]["models"]["actor"]["gpus"] = "four"
-    result = plan(edited, [rayjob])
+    result = plan(edited, [rayjob], recorded=first)
     assert result.failed_permanently is None and result.patch_rayjob is None
     assert result.status["phase"] == "Running"
     refused = cond(result, "SpecChangeRefused")
     assert (refused["status"], refused["reason"]) == ("True", "InvalidSpec")
     assert "spec.models.actor.gpus: must be an integer" in refused["message"]
+
+
+def failed_attempt(first, reason="AppFailed", message="exit code 1"):
+    return with_status(
+        first.create_rayjob, jobStatus="FAILED", jobDeploymentStatus="Failed", reason=reason, message=message
+    )
+
+
+def test_a_permanent_trainer_failure_fails_the_job_with_backoff_left():
+    body = job_body(backoffLimit=3)
+    first = plan(body)
+    body = applied(body, first)
+    body["status"]["failure"] = {  # written by the trainer before it exited
+        "attempt": 0,
+        "permanent": True,
+        "reason": "PreflightFailed",
+        "message": "models.actor.model: /models/missing does not exist",
+    }
+    result = plan(body, [failed_attempt(first)])
+    assert result.create_rayjob is None and result.children == []
+    assert result.status["phase"] == "Failed"
+    assert result.status["message"] == "PreflightFailed: models.actor.model: /models/missing does not exist"
+    failed = cond(result, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "PreflightFailed")
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "Failed")]
+
+
+def test_a_retryable_trainer_failure_restarts_and_says_why():
+    body = job_body(backoffLimit=3)
+    first = plan(body)
+    body = applied(body, first)
+    body["status"]["failure"] = {"attempt": 0, "permanent": False, "reason": "RewardServerDown", "message": "503"}
+    result = plan(body, [failed_attempt(first)])
+    assert result.create_rayjob["metadata"]["name"] == "grpo-qwen-math-a1"
+    assert "RewardServerDown: 503" in result.status["message"]
+
+
+def test_a_failure_report_of_an_earlier_attempt_does_not_stop_a_later_one():
+    body = job_body(backoffLimit=3)
+    first = plan(body)
+    restart = plan(applied(body, first), [failed_attempt(first)])
+    body = applied(applied(body, first), restart)
+    body["status"]["failure"] = {"attempt": 0, "permanent": True, "reason": "PreflightFailed", "message": ""}
+    second = failed_attempt(restart, message="exit code 2")
+    again = plan(body, [failed_attempt(first), second])
+    assert again.create_rayjob["metadata"]["name"] == "grpo-qwen-math-a2"
+
+
+def test_status_events_render_nothing(monkeypatch):
+    body = job_body()
+    first = plan(body)
+    rayjob = with_status(first.create_rayjob, jobStatus="RUNNING", jobDeploymentStatus="Running")
+
+    def no_render(*_args, **_kwargs):
+        raise AssertionError("rendered on a status event")
+
+    monkeypatch.setattr("rlhf_operator.render.render_job_objects", no_render)
+    assert plan(applied(body, first), [rayjob]).status["phase"] == "Running"
+
+
+def test_renders_are_cached_per_generation_and_attempt(monkeypatch):
+    import rlhf_operator.render as render_module
+
+    calls = []
+    real = render_module.render_job_objects
+    monkeypatch.setattr(
+        "rlhf_operator.render.render_job_objects", lambda job, options: calls.append(1) or real(job, options)
+    )
+    cache = RenderCache()
+    body = job_body()
+    one, two = plan(body, cache=cache), plan(body, cache=cache)
+    assert len(calls) == 1 and one.create_rayjob is two.create_rayjob
+    plan(job_body(generation=2, backoffLimit=4), cache=cache)
+    assert len(calls) == 2
+
+
+def test_a_rayjob_with_the_jobs_label_but_not_its_owner_reference_is_not_adopted():
+    body = job_body()
+    foreign = copy.deepcopy(plan(body).create_rayjob)
+    del foreign["metadata"]["ownerReferences"]
+    result = plan(body, [with_status(foreign, jobStatus="SUCCEEDED", jobDeploymentStatus="Complete")])
+    assert result.create_rayjob is not None and result.status["phase"] == "Pending"
+
+
+def test_status_documents_are_valid_rlhfjob_status():
+    from rlhf_trainer.api.status import RLHFJobStatus
+
+    body = job_body(backoffLimit=1)
+    first = plan(body)
+    body = applied(body, first)
+    steps = [
+        [with_status(first.create_rayjob, jobStatus="RUNNING", jobDeploymentStatus="Running")],
+        [failed_attempt(first)],
+    ]
+    RLHFJobStatus.model_validate(body["status"])
+    for rayjobs in steps:
+        result = plan(body, rayjobs)
+        body = applied(body, result)
+        RLHFJobStatus.model_validate(body["status"])
+    invalid = job_body()
+    invalid["spec"]["models"]["actor"]["gpus"] = "four"
+    RLHFJobStatus.model_validate(applied(invalid, plan(invalid))["status"])
+
+
+def test_a_driver_log_in_the_rayjob_message_is_bounded_and_scrubbed():
+    body = job_body(backoffLimit=0)
+    first = plan(body)
+    log = "Traceback\n" + "x" * 20_000 + "\nrequests.post(headers={'Authorization': 'Bearer s3cr3t-value'})\n"
+    log += "HF_TOKEN=hf_abcdefghijklmnopqrstuvwxyz https://user:pw123@reward.example/score?token=abc123\n"
+    result = plan(applied(body, first), [failed_attempt(first, message=log)])
+    texts = [result.status["message"], *(c["message"] for c in result.status["conditions"])]
+    for text in texts:
+        assert len(text) <= 1100
+        for secret in ("s3cr3t-value", "hf_abcdefghij", "pw123", "abc123"):
+            assert secret not in text
+    assert "[redacted]" in result.status["message"]
+    assert all(len(e.message) <= 1100 for e in result.events)

@@ -8,7 +8,10 @@ import pytest
 import yaml
 from operator_helpers import UID, example_job, job_from, with_spec
 
+from rlhf_operator.decisions import recorded_spec
 from rlhf_operator.errors import RenderError
+from rlhf_operator.naming import spec_digest
+from rlhf_operator.policy import Policy
 from rlhf_operator.render import RenderOptions, render_job_objects
 from rlhf_trainer.api.job import TrainerConfig
 
@@ -20,6 +23,16 @@ OWNER = {
     "blockOwnerDeletion": True,
     "uid": UID,
 }
+
+
+# A policy that admits the overrides the tests exercise (the default one refuses them).
+OPEN_POLICY = Policy(
+    allowed_images=["my/trainer", "registry.example/trainer"],
+    allowed_priority_classes=["high"],
+    free_node_selectors=True,
+    free_tolerations=True,
+    allowed_volume_types=["persistentVolumeClaim", "emptyDir", "configMap", "secret", "hostPath", "nfs"],
+)
 
 
 def render(job, **options):
@@ -58,7 +71,14 @@ def env_of(template):
 def test_every_object_is_labelled_and_owned_by_the_job(example):
     job = example_job(example)
     objects = render(job)
-    assert [o["kind"] for o in objects] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "RayJob"]
+    assert [o["kind"] for o in objects] == [
+        "ConfigMap",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "NetworkPolicy",
+        "RayJob",
+    ]
     for obj in objects:
         assert obj["metadata"]["labels"]["rlhf.io/job"] == job.metadata.name
         assert obj["metadata"]["namespace"] == (job.metadata.namespace or "default")
@@ -104,13 +124,14 @@ def test_ppo_rayjob_has_the_expected_shape():
         "kueue.x-k8s.io/queue-name": "gpu-queue",
     }
     spec = rayjob["spec"]
-    assert {k: v for k, v in spec.items() if k != "rayClusterSpec"} == {
+    assert {k: v for k, v in spec.items() if k not in ("rayClusterSpec", "submitterPodTemplate")} == {
         "entrypoint": "rlhf train --config /etc/rlhf/trainer.yaml",
         "submissionMode": "K8sJobMode",
         "backoffLimit": 0,
         "shutdownAfterJobFinishes": True,
         "suspend": False,
     }
+    assert spec["rayClusterSpec"]["authOptions"] == {"mode": "token"}
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]
     assert head["spec"]["serviceAccountName"] == "ppo-llama3-8b-trainer"
     assert container(head)["image"] == IMAGE
@@ -170,7 +191,11 @@ def test_every_pod_gets_shm_in_memory_the_checkpoint_volume_and_the_template_vol
 
 
 def test_nfs_checkpoint_volume_mounts_at_the_checkpoint_path():
-    rayjob = by_kind(render(example_job("rloo-qwen2.5-1.5b")))["RayJob"]
+    doc = with_spec(
+        "rloo-qwen2.5-1.5b",
+        {"checkpoint.volume": {"nfs": {"server": "nfs.storage.svc", "path": "/exports/ckpt"}}},
+    )
+    rayjob = by_kind(render(job_from(doc), policy=OPEN_POLICY))["RayJob"]
     for template in pods(rayjob):
         volumes = {v["name"]: v for v in template["spec"]["volumes"]}
         assert volumes["checkpoints"]["nfs"] == {
@@ -184,10 +209,7 @@ def test_secrets_are_passed_by_reference_on_every_container_and_never_by_value()
     doc = with_spec(
         "grpo-qwen2.5-7b-math",
         {
-            "secrets": {
-                "hfToken": {"name": "hf", "key": "token"},
-                "wandbApiKey": {"name": "wandb", "key": "api-key"},
-            }
+            "secrets": {"hfToken": {"name": "hf", "key": "token"}}
         },
     )
     objects = render(job_from(doc))
@@ -198,15 +220,8 @@ def test_secrets_are_passed_by_reference_on_every_container_and_never_by_value()
             "name": "HF_TOKEN",
             "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}},
         }
-        assert env["WANDB_API_KEY"] == {
-            "name": "WANDB_API_KEY",
-            "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "api-key"}},
-        }
     config = yaml.safe_load(by_kind(objects)["ConfigMap"]["data"]["trainer.yaml"])
-    assert config["spec"]["secrets"] == {
-        "hfToken": {"name": "hf", "key": "token"},
-        "wandbApiKey": {"name": "wandb", "key": "api-key"},
-    }
+    assert config["spec"]["secrets"] == {"hfToken": {"name": "hf", "key": "token"}}
 
 
 def test_pod_template_overrides_are_merged_into_every_pod():
@@ -226,7 +241,7 @@ def test_pod_template_overrides_are_merged_into_every_pod():
             "image": "my/trainer:dev",
         },
     )
-    rayjob = by_kind(render(job_from(doc)))["RayJob"]
+    rayjob = by_kind(render(job_from(doc), policy=OPEN_POLICY))["RayJob"]
     for template in pods(rayjob):
         spec = template["spec"]
         assert spec["nodeSelector"] == {"gpu": "h100"}
@@ -273,7 +288,10 @@ def test_trainer_config_map_holds_the_trainer_config_for_the_attempt():
     rayjob = by_kind(objects)["RayJob"]
     assert rayjob["metadata"]["name"] == "ppo-llama3-8b-a2"
     assert rayjob["metadata"]["labels"]["rlhf.io/attempt"] == "2"
-    assert json.loads(rayjob["metadata"]["annotations"]["rlhf.io/spec"]) == job.spec.to_wire()
+    # The RayJob carries the spec's digest (not the spec: annotations are capped at 256 KiB); the
+    # spec itself is read back from the ConfigMap.
+    assert rayjob["metadata"]["annotations"] == {"rlhf.io/spec-sha256": spec_digest(job.spec.to_wire())}
+    assert recorded_spec(config_map) == job.spec.to_wire()
 
 
 def test_trainer_rbac_allows_only_get_and_patch_of_this_jobs_status():
@@ -330,7 +348,10 @@ def test_rendering_is_deterministic():
             "spec.template.env[0].name",
         ),
         ({"template.labels": {"rlhf.io/job": "other"}}, "spec.template.labels.rlhf.io/job"),
-        ({"models.actor.gpus": 12}, "spec.models.actor.gpus"),
+        (
+            {"models.actor.gpus": 12, "training.rolloutBatchSize": 96, "training.trainBatchSize": 96},
+            "spec.models.actor.gpus",
+        ),
     ],
 )
 def test_overrides_colliding_with_the_operator_and_unplaceable_jobs_are_render_errors(changes, field):

@@ -9,9 +9,9 @@ import torch
 
 from rlhf_trainer.api.spec import RLHFJobSpec
 from rlhf_trainer.backends.placement import WorkerPlacement, plan_placement
-from rlhf_trainer.batch import RolloutBatch, even_ranges, shard_rows
-from rlhf_trainer.batching import BatchConfigError, plan_batches
+from rlhf_trainer.batch_plan import BatchConfigError, plan_batches
 from rlhf_trainer.engine.config import deepspeed_config, lr_multiplier
+from rlhf_trainer.rollout_batch import RolloutBatch, even_ranges, shard_rows
 
 from .helpers import manifest
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from rlhf_trainer.api.spec import GenerationSpec
-from rlhf_trainer.batch import RolloutBatch
 from rlhf_trainer.engine.models import eos_token_ids, load_tokenizer
 from rlhf_trainer.generation import (
     GenerationOutput,
@@ -16,6 +15,7 @@ from rlhf_trainer.generation import (
     merge_outputs,
 )
 from rlhf_trainer.roles.forward import policy_forward
+from rlhf_trainer.rollout_batch import RolloutBatch
 
 
 def test_completion_mask_keeps_tokens_up_to_the_first_eos() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import re
 import sys
@@ -9,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from rlhf_trainer.api.spec import RLHFJobSpec
+from rlhf_trainer.api.validation import parse_model
 from rlhf_trainer.rewards import RewardConfigError, RewardError, build_rewards, reward_source_names
 from rlhf_trainer.rewards.builtin import boxed_answer, boxed_format, exact_match, normalise_answer
 
-from .helpers import make_spec
+from .helpers import BASE_SPEC, make_spec
 
 
 def write_module(directory: Path, name: str, body: str) -> None:
@@ -149,11 +152,17 @@ def test_source_names_are_derived_and_deduplicated() -> None:
     ]
 
 
-def test_reserved_and_duplicate_names_are_rejected_with_the_field() -> None:
-    with pytest.raises(RewardConfigError, match=r"^spec\.models\.reward\[0\]\.name: 'mean' is reserved"):
-        reward_source_names(make_spec([{"name": "mean", "function": "a:b"}]))
-    with pytest.raises(RewardConfigError, match=r"^spec\.models\.reward\[1\]\.name: 'x' is used by another"):
-        reward_source_names(make_spec([{"name": "x", "function": "a:b"}, {"name": "x", "function": "a:c"}]))
+def test_reserved_and_duplicate_names_are_rejected_by_the_api_with_the_field() -> None:
+    def errors(rewards: list[dict]) -> list[str]:
+        spec = {**copy.deepcopy(BASE_SPEC), "models": {**BASE_SPEC["models"], "reward": rewards}}
+        return [str(error) for error in parse_model(RLHFJobSpec, spec, prefix="spec")[1]]
+
+    assert errors([{"name": "mean", "function": "a:b"}])[0].startswith(
+        "spec.models.reward[0].name: must not be one of mean"
+    )
+    assert errors([{"name": "x", "function": "a:b"}, {"name": "x", "function": "a:c"}]) == [
+        "spec.models.reward: names must be unique (each keys the metric reward/<name>)"
+    ]
 
 
 def test_builtin_exact_match_strips_whitespace() -> None:

@@ -27,6 +27,7 @@ class Behaviour:
     requests: int = 0
     rewards_key: str = "rewards"
     drop_last: bool = False
+    headers: list[dict[str, str]] = field(default_factory=list)
 
 
 class RewardServer:
@@ -43,6 +44,7 @@ class RewardServer:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 behaviour.requests += 1
+                behaviour.headers.append(dict(self.headers))
                 if behaviour.delay_s:
                     time.sleep(behaviour.delay_s)
                 if behaviour.fail_first > 0:
@@ -186,3 +188,46 @@ def test_answer_with_too_few_rewards_is_caught_by_the_reward_set(server: RewardS
         RewardError, match=r"^spec\.models\.reward\[0\]\.url \(url .*\): returned 1 rewards for 2"
     ):
         rewards.score(["p", "q"], ["abcd", "ef"], [None, None])
+
+
+def test_the_credential_header_comes_from_the_env_the_secret_fills(
+    server: RewardServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = "s3cr3t-" + "x" * 20
+    monkeypatch.setenv("RLHF_REWARD_AUTH_1", token)
+    spec = make_spec(
+        [
+            {"function": "rlhf_trainer.rewards.builtin:boxed_format"},
+            {"url": server.url, "auth": {"secretKeyRef": {"name": "judge", "key": "token"}}},
+            {
+                "url": server.url,
+                "auth": {
+                    "secretKeyRef": {"name": "judge", "key": "raw"},
+                    "header": "X-Api-Key",
+                    "scheme": "",
+                },
+            },
+        ]
+    )
+    monkeypatch.setenv("RLHF_REWARD_AUTH_2", "raw-key")
+    server.behaviour.fail_first = 1  # a retry is logged: the credential must not be
+    rewards = build_rewards(spec, remote_max_batch=8)
+    rewards.preflight()
+    with caplog.at_level("DEBUG"):
+        rewards.score(["p"], ["abc"], [0])
+    bearer = [h for h in server.behaviour.headers if "Authorization" in h]
+    assert bearer and all(h["Authorization"] == f"Bearer {token}" for h in bearer)
+    assert any(h.get("X-Api-Key") == "raw-key" and "Authorization" not in h for h in server.behaviour.headers)
+    assert token not in caplog.text and "raw-key" not in caplog.text
+    assert token not in spec.model_dump_json()  # the spec (and so the ConfigMap) holds the reference only
+
+
+def test_a_missing_credential_fails_preflight_naming_the_secret_reference(server: RewardServer) -> None:
+    spec = make_spec([{"url": server.url, "auth": {"secretKeyRef": {"name": "judge", "key": "token"}}}])
+    rewards = build_rewards(spec)
+    with pytest.raises(RewardConfigError) as err:
+        rewards.preflight()
+    assert str(err.value).startswith(
+        "spec.models.reward[0].auth.secretKeyRef: $RLHF_REWARD_AUTH_0 is not set"
+    )
+    assert server.behaviour.requests == 0

@@ -23,7 +23,7 @@ import torch
 from .api.spec import CheckpointSpec
 from .backends.base import Backend
 from .rng import capture_rng_state, restore_rng_state
-from .topology import Roles
+from .role_groups import Roles
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .api.job import API_VERSION, GROUP
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/rlhf-operator/trainer:0.1.0"
+
+if TYPE_CHECKING:
+    from .api.job import RLHFJob
+    from .api.spec import RLHFJobSpec
+    from .api.validation import FieldError
 
 
 def load_documents(path: str) -> list[Any]:
@@ -28,8 +35,15 @@ def _is_rlhf_document(doc: Any) -> bool:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .api.validation import FieldError, validate_manifest
+    from rlhf_operator.policy import Policy, check_spec, load_policy
 
+    from .api.validation import FieldError, InvalidJobError, validate_manifest
+
+    try:
+        policy = load_policy(args.policy) if args.policy else Policy()
+    except (OSError, yaml.YAMLError, InvalidJobError) as exc:
+        print(f"{args.policy}: bad policy: {exc}", file=sys.stderr)
+        return 1
     failed = False
     for path in args.files:
         try:
@@ -47,16 +61,61 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         valid = 0
         for index, doc in jobs:
-            _, errors = validate_manifest(doc)
+            job, errors = validate_manifest(doc)
+            if job is not None:  # pod packing, then the platform policy (the chart's defaults unless --policy)
+                errors = []
+                for prefix, spec in _job_specs(job):  # a pipeline: each stage's spec
+                    found = layout_errors(spec)
+                    found += [FieldError(path, msg) for path, msg in check_spec(spec, policy, args.image)]
+                    errors += [FieldError(prefix + e.path, e.message) for e in found]
             where = f"{path}#{index}" if len(docs) > 1 else path
             for error in errors:
                 assert isinstance(error, FieldError)
                 print(f"{error}  [{where}]", file=sys.stderr)
             failed = failed or bool(errors)
             valid += not errors
+            if job is not None and job.kind == "RLHFJob" and not errors and args.show_defaults:
+                sys.stdout.write(f"---\n# {where}: the spec this job runs with, every default filled in\n")
+                sys.stdout.write(yaml.safe_dump(full_spec(job), sort_keys=False, width=120))
         if valid:
-            print(f"{path}: {valid} RLHFJob(s) valid")
+            # With --show-defaults stdout stays one YAML stream: the summary is a comment.
+            print(f"{'# ' if args.show_defaults else ''}{path}: {valid} RLHFJob(s) valid")
     return 1 if failed else 0
+
+
+def _job_specs(job: Any) -> list[tuple[str, Any]]:
+    """(path prefix, spec) of an RLHFJob, or of each stage of an RLHFPipeline."""
+    if job.kind == "RLHFPipeline":
+        return [(f"spec.stages[{i}].", stage.spec) for i, stage in enumerate(job.spec.stages)]
+    return [("", job.spec)]
+
+
+def layout_errors(spec: RLHFJobSpec) -> list[FieldError]:
+    """What the operator would refuse when packing the job into pods (the API server does not
+    check this; the operator marks such a job Failed with the same line)."""
+    from rlhf_operator.errors import RenderError
+    from rlhf_operator.placement import plan_layout
+
+    from .api.validation import FieldError
+
+    try:
+        plan_layout(spec)
+    except RenderError as exc:
+        return [FieldError(exc.field, str(exc).split(": ", 1)[1])]
+    return []
+
+
+def full_spec(job: RLHFJob) -> dict[str, Any]:
+    """The manifest with every default written out, the default reference included."""
+    from .api.layout import with_defaults
+
+    spec = with_defaults(job.spec)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "RLHFJob",
+        "metadata": job.metadata.model_dump(mode="json", exclude_none=True),
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
@@ -71,7 +130,7 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_job(path: str):
+def load_job(path: str) -> Any:
     """The one RLHFJob (or RLHFPipeline) of a manifest file, or exit 1 with its errors."""
     from .api.validation import validate_manifest
 
@@ -88,6 +147,7 @@ def load_job(path: str):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from rlhf_operator.placement import plan_layout
     from rlhf_operator.render import RenderError, RenderOptions, render_job_objects
 
     job = load_job(args.file)
@@ -97,10 +157,16 @@ def cmd_render(args: argparse.Namespace) -> int:
         return 1
     options = RenderOptions(default_image=args.image, namespace=args.namespace)
     try:
-        objects = render_job_objects(job, options)
+        layout = plan_layout(job.spec)
+        objects = [] if args.layout else render_job_objects(job, options)
     except RenderError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    heading = [f"Layout of {job.metadata.name}: where each model runs and the GPUs its pods request", *layout.describe()]
+    if args.layout:
+        sys.stdout.write("\n".join(heading) + "\n")
+        return 0
+    sys.stdout.write("".join(f"# {line}\n" for line in heading))
     sys.stdout.write(yaml.dump_all(objects, Dumper=_LiteralDumper, sort_keys=False))
     return 0
 
@@ -144,6 +210,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "files", nargs="+", metavar="FILE", help="YAML files (multi-document allowed; - for stdin)"
     )
+    p.add_argument(
+        "--show-defaults",
+        action="store_true",
+        help="print each valid job's full spec, every default filled in (the default reference too)",
+    )
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        default=None,
+        help="platform policy (the chart's `policy:` values, or a values file); default: the chart's defaults",
+    )
+    p.add_argument(
+        "--image",
+        default=DEFAULT_TRAINER_IMAGE,
+        help="the operator's default trainer image (its repository is allowed when the policy lists none)",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("crds", help="print the CRDs")
@@ -159,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--namespace", default=None, help="namespace when metadata.namespace is unset (default: default)"
+    )
+    p.add_argument(
+        "--layout",
+        action="store_true",
+        help="print only the layout: each role's workers and GPUs, and the worker pods (also a leading "
+        "comment of the full output)",
     )
     p.set_defaults(func=cmd_render)
 

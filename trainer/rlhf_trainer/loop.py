@@ -20,20 +20,17 @@ import torch
 from .algorithms import AdvantageConfig, estimator_for_algorithm, kl_penalty, masked_mean
 from .api.spec import AlgorithmSpec, RLHFJobSpec
 from .backends.base import Backend, RoleGroup
-from .batch import RolloutBatch, even_ranges, select_rows, shard_rows
-from .batching import plan_batches
+from .batch_plan import plan_batches
 from .checkpoint import Checkpointer, SavedCheckpoint
 from .data import Prompt, PromptDataset
 from .generation import GenerationOutput, merge_outputs
 from .rewards import RewardSet
-from .topology import Roles
+from .role_groups import Roles
+from .rollout_batch import RolloutBatch, even_ranges, select_rows, shard_rows
+from .telemetry.keys import TIMING_PHASES
 
 log = logging.getLogger(__name__)
 
-PHASES = (
-    "generate", "reward", "reference", "values", "advantage", "train_actor", "train_critic", "weight_sync",
-    "checkpoint",
-)
 
 
 def advantage_config(algorithm: AlgorithmSpec) -> AdvantageConfig:
@@ -51,7 +48,7 @@ def advantage_config(algorithm: AlgorithmSpec) -> AdvantageConfig:
 
 class PhaseTimer:
     def __init__(self) -> None:
-        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.seconds = dict.fromkeys(TIMING_PHASES, 0.0)
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:

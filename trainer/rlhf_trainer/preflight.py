@@ -8,10 +8,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .api.layout import plan_roles, uses_reference, with_defaults
 from .api.spec import RLHFJobSpec, RoleSpec
 from .api.validation import FieldError
 from .backends.placement import plan_placement, role_gpus
-from .batching import BatchConfigError, plan_batches
+from .batch_plan import BatchConfigError, plan_batches
 from .checkpoint import CheckpointError, resolve_resume
 from .data import DataConfigError, PromptDataset
 from .generation import VLLM_UNAVAILABLE
@@ -93,10 +94,11 @@ def _check_model_path(path: str, field: str, errors: list[FieldError]) -> bool:
 
 def _check_devices(spec: RLHFJobSpec, backend: str, errors: list[FieldError]) -> None:
     roles = role_gpus(spec)
+    layout = plan_roles(spec)
     if backend == "local":
         for name, (workers, _) in roles.items():
             if workers > 1:
-                field = _role_field(spec, name, "gpus")
+                field = layout[name].field
                 errors.append(FieldError(field, f"the local backend runs one worker per role, {name} needs "
                                                 f"{workers}: use the ray backend"))
     if spec.models.rollout.engine == "vllm":
@@ -117,24 +119,18 @@ def _check_devices(spec: RLHFJobSpec, backend: str, errors: list[FieldError]) ->
                                      "flash_attention_2 needs a GPU; use sdpa or eager with gpus: 0"))
 
 
-def _role_field(spec: RLHFJobSpec, role: str, leaf: str) -> str:
-    if role.startswith("reward_model_"):
-        return f"spec.models.reward[{role.rsplit('_', 1)[1]}].{leaf}"
-    if role == "rollout":
-        return "spec.models.rollout.engines"
-    return f"spec.models.{role}.{leaf}"
-
-
 def preflight(spec: RLHFJobSpec, backend: str, resume_from: str | None) -> Prepared:
     """Run every check; PreflightError with one FieldError per problem."""
     from .engine.models import load_tokenizer
 
-    spec = absolute_paths(spec)
+    # The default reference is the actor's model: checked once, as the actor.
+    named_reference = spec.models.reference is not None and uses_reference(spec)
+    spec = absolute_paths(with_defaults(spec))
     errors: list[FieldError] = []
     models = spec.models
     roles: list[tuple[str, RoleSpec | None]] = [
         ("spec.models.actor", models.actor), ("spec.models.critic", models.critic),
-        ("spec.models.reference", models.reference if spec.algorithm.kl.coef > 0 else None),
+        ("spec.models.reference", models.reference if named_reference else None),
     ]
     actor_ok = True
     for field, role in roles:
@@ -144,7 +140,7 @@ def preflight(spec: RLHFJobSpec, backend: str, resume_from: str | None) -> Prepa
     for i, source in enumerate(models.reward):
         if source.model is not None:
             _check_model_path(source.model, f"spec.models.reward[{i}].model", errors)
-    if models.reference is not None and spec.algorithm.kl.coef == 0:
+    if models.reference is not None and not uses_reference(spec):
         log.info("spec.models.reference is not loaded: algorithm.kl.coef is 0")
 
     tokenizer = None
@@ -169,12 +165,9 @@ def preflight(spec: RLHFJobSpec, backend: str, resume_from: str | None) -> Prepa
     dataset = PromptDataset(spec.data.prompts, tokenizer, spec.generation.max_prompt_length,
                             spec.training.seed, spec.data.shuffle)
     eval_dataset = None
-    if spec.training.eval_every_steps > 0:
-        if spec.data.eval is None:
-            errors.append(FieldError("spec.data.eval", "required when training.evalEverySteps > 0"))
-        else:
-            eval_dataset = PromptDataset(spec.data.eval, tokenizer, spec.generation.max_prompt_length,
-                                         spec.training.seed, shuffle=False, field="spec.data.eval")
+    if spec.data.eval is not None:  # the API pairs it with training.evalEverySteps > 0
+        eval_dataset = PromptDataset(spec.data.eval, tokenizer, spec.generation.max_prompt_length,
+                                     spec.training.seed, shuffle=False, field="spec.data.eval")
     for ds in (dataset, eval_dataset):
         if ds is None:
             continue

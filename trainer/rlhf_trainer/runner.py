@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -17,6 +17,12 @@ from .api.job import RLHFJob, TrainerConfig
 from .api.stages import is_offline
 from .api.validation import InvalidJobError, load_model
 from .engine.device import prepare_environment
+
+if TYPE_CHECKING:
+    from .api.spec import RLHFJobSpec
+    from .backends.base import Backend, RoleGroup
+    from .backends.placement import PlacementPlan
+    from .preflight import Prepared
 
 log = logging.getLogger("rlhf_trainer")
 
@@ -122,7 +128,9 @@ def run_trainer(config: TrainerConfig) -> int:
     return 0
 
 
-def _start_backend(kind: str, spec) -> tuple[Any, Any, int, Callable[[], None]]:
+def _start_backend(
+    kind: str, spec: RLHFJobSpec
+) -> tuple[Backend, PlacementPlan, int, Callable[[], None]]:
     """(backend, placement plan, torch threads per CPU role, stop) for `rlhf run --backend`."""
     from .backends.placement import plan_placement
 
@@ -147,12 +155,12 @@ def _start_backend(kind: str, spec) -> tuple[Any, Any, int, Callable[[], None]]:
     return backend, plan, (0 if plan.uses_gpus else max(1, int(cpus))), stop
 
 
-def _train(config: TrainerConfig, prepared: Any) -> RunSummary:
+def _train(config: TrainerConfig, prepared: Prepared) -> RunSummary:
     from .checkpoint import Checkpointer, load_checkpoint, restore_driver_rng
     from .loop import RLLoop
     from .rewards import build_rewards
+    from .role_groups import start_roles
     from .telemetry import Telemetry
-    from .topology import start_roles
 
     started = time.perf_counter()
     spec = prepared.spec
@@ -198,9 +206,9 @@ def _train(config: TrainerConfig, prepared: Any) -> RunSummary:
     )
 
 
-def _role_scorer(backend: Any, group: Any) -> Callable[[list[str]], list[float]]:
+def _role_scorer(backend: Backend, group: RoleGroup) -> Callable[[list[str]], list[float]]:
     """The RewardSet's scorer for a reward-model role: texts split over its replicas."""
-    from .batch import even_ranges
+    from .rollout_batch import even_ranges
 
     def score(texts: list[str]) -> list[float]:
         ranges = even_ranges(len(texts), group.size)

@@ -73,3 +73,58 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "rlhf-operator.metricsServiceName" -}}
 {{- printf "%s-metrics" (include "rlhf-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/* The operator's rules on RLHFJobs and their children (a ClusterRole's or a watched namespace's Role). */}}
+{{- define "rlhf-operator.jobRules" -}}
+- apiGroups: ["rlhf.io"]
+  resources: ["rlhfjobs"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["rlhf.io"]
+  resources: ["rlhfjobs/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["rlhf.io"]
+  resources: ["rlhfjobs/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["ray.io"]
+  resources: ["rayjobs"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["serviceaccounts", "secrets"]
+  verbs: ["get", "create"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+# RLHFPipeline: read and watched (kopf, resync), patched (kopf's progress annotations), its status
+# written; each stage's RLHFJob is created by the operator (owned by the pipeline).
+- apiGroups: ["rlhf.io"]
+  resources: ["rlhfpipelines"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["rlhf.io"]
+  resources: ["rlhfpipelines/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["rlhf.io"]
+  resources: ["rlhfpipelines/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["rlhf.io"]
+  resources: ["rlhfjobs"]
+  verbs: ["create"]
+{{- end }}
+
+{{/* A job pod's scrape labels from the pod's own metadata: its namespace and its rlhf.io/job label. */}}
+{{- define "rlhf-operator.jobPodRelabelings" -}}
+- sourceLabels: [__meta_kubernetes_namespace]
+  targetLabel: namespace
+  action: replace
+- sourceLabels: [__meta_kubernetes_pod_label_rlhf_io_job]
+  targetLabel: job
+  action: replace
+{{- end }}

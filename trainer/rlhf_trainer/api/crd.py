@@ -90,6 +90,16 @@ def field_schema(info: FieldInfo) -> dict[str, Any]:
 def type_schema(annotation: Any) -> dict[str, Any]:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        schema = type_schema(args[0])
+        metadata = [
+            part
+            for item in args[1:]
+            if not _is_python_validator(item)
+            for part in (item.metadata if isinstance(item, FieldInfo) else [item])
+        ]
+        _apply_constraints(schema, metadata)
+        return schema
     if origin in (typing.Union, types.UnionType):
         members = [a for a in args if a is not type(None)]
         if set(members) == {int, str}:
@@ -118,8 +128,15 @@ def type_schema(annotation: Any) -> dict[str, Any]:
     raise SchemaError(f"unsupported type {annotation}")
 
 
+def _is_python_validator(item: Any) -> bool:
+    """Pydantic's After/Before/Wrap/PlainValidator: checks in Python that a CEL rule or a
+    pattern next to them states for the API server; nothing of their own for the schema."""
+    return type(item).__module__ == "pydantic.functional_validators"
+
+
 def _apply_constraints(schema: dict[str, Any], metadata: list[Any]) -> None:
     is_array = schema.get("type") == "array"
+    is_object = schema.get("type") == "object"
     for item in metadata:
         if isinstance(item, at.Ge):
             schema["minimum"] = item.ge
@@ -130,9 +147,9 @@ def _apply_constraints(schema: dict[str, Any], metadata: list[Any]) -> None:
         elif isinstance(item, at.Lt):
             schema["maximum"], schema["exclusiveMaximum"] = item.lt, True
         elif isinstance(item, at.MinLen):
-            schema["minItems" if is_array else "minLength"] = item.min_length
+            schema["minItems" if is_array else "minProperties" if is_object else "minLength"] = item.min_length
         elif isinstance(item, at.MaxLen):
-            schema["maxItems" if is_array else "maxLength"] = item.max_length
+            schema["maxItems" if is_array else "maxProperties" if is_object else "maxLength"] = item.max_length
         elif getattr(item, "pattern", None):
             schema["pattern"] = item.pattern
         elif item is not None and type(item).__name__ != "_PydanticGeneralMetadata":

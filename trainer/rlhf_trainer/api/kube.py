@@ -7,36 +7,80 @@ core/v1 type of the same name, with the same field names.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
+from pydantic_core import PydanticCustomError
 
 from .base import ApiModel, Rule
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Names of most objects (Secrets, ConfigMaps, PVCs, PriorityClasses): a DNS subdomain, <= 253.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+INT32_MAX = 2**31 - 1
+PATH_LENGTH = 1024  # the most characters of a path or model id
+# Kubernetes label syntax (also annotation, nodeSelector and taint keys), lengths included
+# (prefix <= 253, name <= 63, value <= 63), written so that Python and the API server's CEL (RE2)
+# read the same expression.
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+QUALIFIED_NAME = LABEL_KEY
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+# A key inside a Secret or ConfigMap.
+CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"
+# The Kubernetes quantity grammar (resource.Quantity), unsigned: 8, 0.5, 500m, 64Gi, 1e3.
+QUANTITY = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)))?$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 # An env var whose name says it holds a credential must come from a Secret, never inline.
 SECRET_LOOKING_NAME = r"(?i)(TOKEN|API_KEY|APIKEY|PASSWORD|SECRET|CREDENTIAL)"
 
-Quantity = int | str
+
+
+@dataclass(frozen=True)
+class IntOrStringPattern:
+    """The pattern the string form of an int-or-string must match (the CRD carries it too)."""
+
+    pattern: str
+
+
+def _check_quantity(value: Any) -> Any:
+    if isinstance(value, int) and value < 0:
+        raise PydanticCustomError("quantity", "must not be negative, got {value}", {"value": value})
+    if isinstance(value, str) and (len(value) > 64 or not re.match(QUANTITY, value)):
+        raise PydanticCustomError(
+            "quantity", "must be a Kubernetes quantity (e.g. 8, 500m, 64Gi), got {value}", {"value": repr(value)}
+        )
+    return value
+
+
+Quantity = Annotated[int | str, AfterValidator(_check_quantity), IntOrStringPattern(QUANTITY)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+AnnotationValue = Annotated[str, Field(max_length=8192)]
 
 
 class SecretKeySelector(ApiModel):
-    name: str = Field(description="Name of the Secret in the job's namespace.", min_length=1, max_length=253)
-    key: str = Field(description="Key inside the Secret whose value is used.", min_length=1, max_length=253)
+    name: str = Field(
+        description="Name of the Secret in the job's namespace.", pattern=DNS_SUBDOMAIN, max_length=253
+    )
+    key: str = Field(
+        description="Key inside the Secret whose value is used.", pattern=CONFIG_KEY, max_length=253
+    )
 
 
 class ConfigMapKeySelector(ApiModel):
     name: str = Field(
-        description="Name of the ConfigMap in the job's namespace.", min_length=1, max_length=253
+        description="Name of the ConfigMap in the job's namespace.", pattern=DNS_SUBDOMAIN, max_length=253
     )
     key: str = Field(
-        description="Key inside the ConfigMap whose value is used.", min_length=1, max_length=253
+        description="Key inside the ConfigMap whose value is used.", pattern=CONFIG_KEY, max_length=253
     )
 
 
 class FieldSelector(ApiModel):
-    field_path: str = Field(description="Path of the pod field to expose, e.g. metadata.name.", min_length=1)
+    field_path: str = Field(
+        description="Path of the pod field to expose, e.g. metadata.name.", min_length=1, max_length=256
+    )
 
 
 class EnvVarSource(ApiModel):
@@ -97,35 +141,45 @@ def _looks_secret(name: str) -> bool:
 
 class Toleration(ApiModel):
     key: str | None = Field(
-        default=None, description="Taint key the toleration applies to; empty matches all keys."
+        default=None,
+        pattern=QUALIFIED_NAME,
+        max_length=317,
+        description="Taint key the toleration applies to; unset matches all keys.",
     )
     operator: Literal["Exists", "Equal"] | None = Field(
         default=None, description="Exists or Equal (the default when unset, as in core/v1)."
     )
-    value: str | None = Field(default=None, description="Taint value to match with operator Equal.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value to match with operator Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
     )
     toleration_seconds: int | None = Field(
-        default=None, description="For NoExecute: how long the pod stays bound after the taint appears.", ge=0
+        default=None,
+        description="For NoExecute: how long the pod stays bound after the taint appears.",
+        ge=0,
+        le=INT32_MAX,
     )
 
 
 class PersistentVolumeClaimSource(ApiModel):
     claim_name: str = Field(
-        description="Name of a PersistentVolumeClaim in the job's namespace.", min_length=1
+        description="Name of a PersistentVolumeClaim in the job's namespace.",
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
     )
     read_only: bool = Field(default=False, description="Mount read-only.")
 
 
 class HostPathSource(ApiModel):
-    path: str = Field(description="Path on the node.", min_length=1)
-    type: str | None = Field(default=None, description="hostPath type, e.g. Directory or DirectoryOrCreate.")
+    path: str = Field(description="Path on the node.", min_length=1, max_length=PATH_LENGTH)
+    type: str | None = Field(
+        default=None, max_length=64, description="hostPath type, e.g. Directory or DirectoryOrCreate."
+    )
 
 
 class NFSSource(ApiModel):
-    server: str = Field(description="NFS server host name or address.", min_length=1)
-    path: str = Field(description="Exported path on the server.", min_length=1)
+    server: str = Field(description="NFS server host name or address.", min_length=1, max_length=253)
+    path: str = Field(description="Exported path on the server.", min_length=1, max_length=PATH_LENGTH)
     read_only: bool = Field(default=False, description="Mount read-only.")
 
 
@@ -137,11 +191,11 @@ class EmptyDirSource(ApiModel):
 
 
 class ConfigMapVolumeSource(ApiModel):
-    name: str = Field(description="Name of the ConfigMap.", min_length=1)
+    name: str = Field(description="Name of the ConfigMap.", pattern=DNS_SUBDOMAIN, max_length=253)
 
 
 class SecretVolumeSource(ApiModel):
-    secret_name: str = Field(description="Name of the Secret.", min_length=1)
+    secret_name: str = Field(description="Name of the Secret.", pattern=DNS_SUBDOMAIN, max_length=253)
 
 
 class VolumeSource(ApiModel):
@@ -191,17 +245,21 @@ class Volume(VolumeSource):
 
 class VolumeMount(ApiModel):
     name: str = Field(description="Name of a volume in template.volumes.", pattern=DNS_LABEL, max_length=63)
-    mount_path: str = Field(description="Absolute path in the container.", pattern=r"^/")
+    mount_path: str = Field(description="Absolute path in the container.", pattern=r"^/", max_length=PATH_LENGTH)
     read_only: bool = Field(default=False, description="Mount read-only.")
-    sub_path: str | None = Field(default=None, description="Sub-path inside the volume to mount.")
+    sub_path: str | None = Field(
+        default=None, max_length=PATH_LENGTH, description="Sub-path inside the volume to mount."
+    )
 
 
 class LocalObjectReference(ApiModel):
-    name: str = Field(description="Name of the object in the job's namespace.", min_length=1, max_length=253)
+    name: str = Field(
+        description="Name of the object in the job's namespace.", pattern=DNS_SUBDOMAIN, max_length=253
+    )
 
 
 class ResourceRequirements(ApiModel):
     requests: dict[str, Quantity] = Field(
-        default_factory=dict, description="Minimum resources, e.g. {cpu: 8, memory: 64Gi}."
+        default_factory=dict, max_length=16, description="Minimum resources, e.g. {cpu: 8, memory: 64Gi}."
     )
-    limits: dict[str, Quantity] = Field(default_factory=dict, description="Maximum resources.")
+    limits: dict[str, Quantity] = Field(default_factory=dict, max_length=16, description="Maximum resources.")

@@ -9,6 +9,7 @@ generates rolloutBatchSize x samplesPerPrompt samples and makes
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field
@@ -16,7 +17,13 @@ from pydantic import Field
 from .base import ApiModel, Rule
 from .kube import (
     DNS_LABEL,
+    DNS_SUBDOMAIN,
+    INT32_MAX,
+    LABEL_KEY,
+    PATH_LENGTH,
+    AnnotationValue,
     EnvVar,
+    LabelValue,
     LocalObjectReference,
     ResourceRequirements,
     SecretKeySelector,
@@ -44,7 +51,21 @@ GROUP_ALGORITHMS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo", "reinforce_pp_ba
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 PYTHON_CALLABLE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
+# reward/mean, reward/std, ... are the combined reward: a source with one of these names would overwrite them.
+RESERVED_REWARD_NAMES: tuple[str, ...] = ("mean", "std", "min", "max", "total")
+
 _GROUP_CEL = "[" + ", ".join(f"'{name}'" for name in GROUP_ALGORITHMS) + "]"
+_RESERVED_CEL = "[" + ", ".join(f"'{name}'" for name in RESERVED_REWARD_NAMES) + "]"
+
+# A checkpoint volume mounted on these would hide what the pods need (the trainer config at /etc/rlhf).
+_FIXED_TREES = ("/etc/rlhf", "/dev", "/proc", "/sys")
+_FIXED_DIRS = ("/", "/etc", *_FIXED_TREES)
+_FIXED_DIRS_CEL = "[" + ", ".join(f"'{d}'" for d in _FIXED_DIRS) + "]"
+_FIXED_TREES_CEL = "[" + ", ".join(f"'{d}'" for d in _FIXED_TREES) + "]"
+
+
+def _fixed_mount(path: str) -> bool:
+    return path in _FIXED_DIRS or any(path.startswith(tree + "/") for tree in _FIXED_TREES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,8 +76,9 @@ class KLSpec(ApiModel):
     coef: float = Field(
         default=0.001,
         ge=0,
-        description="KL coefficient beta against the reference model. 0 trains without a reference; "
-        "above 0 needs models.reference.",
+        description="KL coefficient beta against the reference model. 0 trains without a reference "
+        "(models.reference is then not loaded); above 0 uses models.reference, or, when that is unset, "
+        "a frozen copy of the actor's initial model placed on the actor's GPUs.",
     )
     estimator: Literal["k1", "k2", "k3"] = Field(
         default="k1",
@@ -159,6 +181,12 @@ class AlgorithmSpec(ApiModel):
             field="rewardRange",
             check=lambda a: a.name != "grpovi" or a.reward_range is not None,
         ),
+        Rule(
+            cel="self.name == 'grpovi' || !has(self.rewardRange)",
+            message="only used by grpovi: remove it",
+            field="rewardRange",
+            check=lambda a: a.name == "grpovi" or a.reward_range is None,
+        ),
     )
 
 
@@ -176,9 +204,12 @@ class RoleSpec(ApiModel):
 
     model: str = Field(
         min_length=1,
+        max_length=PATH_LENGTH,
         description="HF model id, local path, or path on a mounted volume (e.g. /models/qwen2.5-7b).",
     )
-    tokenizer: str | None = Field(default=None, description="Tokenizer path or id. Unset: the model's own.")
+    tokenizer: str | None = Field(
+        default=None, max_length=PATH_LENGTH, description="Tokenizer path or id. Unset: the model's own."
+    )
     gpus: int = Field(default=1, ge=0, le=4096, description="GPUs for this role in total. 0 runs it on CPU.")
     nodes: int = Field(default=1, ge=1, le=512, description="Nodes the role's GPUs are spread over.")
     zero_stage: int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage 0-3.")
@@ -213,6 +244,50 @@ class RoleSpec(ApiModel):
             field="gpus",
             check=lambda r: r.gpus % r.nodes == 0,
         ),
+        Rule(
+            cel="self.nodes == 1 || self.gpus > 0",
+            message="must be 1 for a role on CPU (gpus 0): nodes spread a role's GPUs",
+            field="nodes",
+            check=lambda r: r.nodes == 1 or r.gpus > 0,
+        ),
+    )
+
+
+# A URL that carries a credential (user:password@host, or a token-looking query parameter) would be
+# copied into the ConfigMap, the RayJob and logs: credentials go in `auth` (a Secret reference).
+URL_USERINFO = r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
+URL_SECRET_QUERY = (
+    r"[?&](?i:access_token|token|id_token|api_key|apikey|api-key|key|password|passwd|pwd|secret|"
+    r"client_secret|auth|authorization|sig|signature|x-amz-signature|x-goog-signature|credential)="
+)
+HTTP_HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+
+
+def reward_auth_env(index: int) -> str:
+    """The env var that carries reward entry `index`'s credential into the pods (from its Secret)."""
+    return f"RLHF_REWARD_AUTH_{index}"
+
+
+class RewardAuth(ApiModel):
+    """A credential the remote reward sends as a request header, read from a Secret."""
+
+    secret_key_ref: SecretKeySelector = Field(
+        description="Secret key holding the credential. The operator hands it to the pods as an env var "
+        "(RLHF_REWARD_AUTH_<index>); it never enters the ConfigMap, the RayJob or logs."
+    )
+    header: str = Field(
+        default="Authorization",
+        min_length=1,
+        max_length=128,
+        pattern=HTTP_HEADER_NAME,
+        description="Request header that carries it.",
+    )
+    scheme: str = Field(
+        default="Bearer",
+        max_length=64,
+        pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$",
+        description="Prefix of the header value (`Bearer` sends `Authorization: Bearer <secret>`); \"\" sends "
+        "the secret alone.",
     )
 
 
@@ -228,10 +303,16 @@ class RewardSource(ApiModel):
     model: str | None = Field(
         default=None,
         min_length=1,
+        max_length=PATH_LENGTH,
         description="Reward model path/id (AutoModelForSequenceClassification, scored at the last token).",
     )
     gpus: int | None = Field(
-        default=None, ge=0, le=4096, description="GPUs for a reward model (1 when unset)."
+        default=None,
+        ge=0,
+        le=4096,
+        description="GPUs for a reward model. Unset: 1 when the actor has GPUs, 0 (CPU) when it has none; "
+        "when it shares the critic's (colocate.criticReward) or the actor's (colocate.all) GPUs, at most "
+        "theirs.",
     )
     precision: Literal["bf16", "fp16", "fp32"] | None = Field(
         default=None, description="Precision of a reward model (bf16 when unset)."
@@ -239,6 +320,7 @@ class RewardSource(ApiModel):
     url: str | None = Field(
         default=None,
         pattern=r"^https?://",
+        max_length=2048,
         description="Remote reward endpoint: POST {prompts, completions, labels} -> {rewards: [float]}.",
     )
     timeout_seconds: float | None = Field(
@@ -247,14 +329,24 @@ class RewardSource(ApiModel):
     retries: int | None = Field(
         default=None, ge=0, le=20, description="Retries of a remote reward (3 when unset)."
     )
+    auth: RewardAuth | None = Field(
+        default=None, description="A credential for the remote reward, from a Secret (url rewards only)."
+    )
     function: str | None = Field(
         default=None,
         pattern=PYTHON_CALLABLE,
+        max_length=256,
         description="Python reward `module.path:callable(prompts, completions, labels) -> list[float]`.",
     )
     weight: float = Field(default=1.0, description="Weight of this source in the summed reward.")
 
     rules = (
+        Rule(
+            cel=f"!has(self.name) || !({_RESERVED_CEL}.exists(n, n == self.name))",
+            message=f"must not be one of {', '.join(RESERVED_REWARD_NAMES)} (reward/<name> of the combined reward)",
+            field="name",
+            check=lambda r: r.name not in RESERVED_REWARD_NAMES,
+        ),
         Rule(
             cel="[has(self.model), has(self.url), has(self.function)].filter(x, x).size() == 1",
             message="exactly one of model, url, function must be set",
@@ -272,6 +364,19 @@ class RewardSource(ApiModel):
             message="timeoutSeconds and retries apply to a url reward only",
             field="url",
             check=lambda r: (r.timeout_seconds is None and r.retries is None) or r.url is not None,
+        ),
+        Rule(
+            cel="!has(self.auth) || has(self.url)",
+            message="auth applies to a url reward only",
+            field="auth",
+            check=lambda r: r.auth is None or r.url is not None,
+        ),
+        Rule(
+            cel=f"!has(self.url) || !(self.url.matches('{URL_USERINFO}') || self.url.matches('{URL_SECRET_QUERY}'))",
+            message="carries a credential (user:password@ or a token query parameter): put it in a Secret "
+            "and reference it with auth.secretKeyRef",
+            field="url",
+            check=lambda r: r.url is None or not (re.search(URL_USERINFO, r.url) or re.search(URL_SECRET_QUERY, r.url)),
         ),
     )
 
@@ -311,7 +416,10 @@ class RolloutSpec(ApiModel):
 
 
 class Colocation(ApiModel):
-    actor_reference: bool = Field(default=False, description="Actor and reference share GPUs.")
+    actor_reference: bool = Field(
+        default=False,
+        description="Actor and reference share GPUs (the default reference, used when models.reference is unset, always does).",
+    )
     critic_reward: bool = Field(default=False, description="Critic and reward models share GPUs.")
     all: bool = Field(
         default=False, description="Every model and the rollout engines share the actor's GPUs (time-sliced)."
@@ -323,23 +431,69 @@ class ModelsSpec(ApiModel):
     critic: RoleSpec | None = Field(
         default=None, description="Value model. Required for ppo, rejected otherwise."
     )
-    reference: RoleSpec | None = Field(default=None, description="Frozen reference policy for the KL term.")
+    reference: RoleSpec | None = Field(
+        default=None,
+        description="Frozen reference policy for the KL term, loaded only when algorithm.kl.coef > 0. "
+        "Unset: a frozen copy of the actor's initial model (actor.model), on the actor's GPUs "
+        "(as with colocate.actorReference). Set it to place the reference yourself.",
+    )
     reward: list[RewardSource] = Field(
         default_factory=list,
         max_length=16,
-        description="Reward sources, summed with their weights. At least one (RL); none in offline stages.",
+        description="Reward sources, summed with their weights. At least one (RL; none in offline stages); "
+        "names unique (they key the per-source metrics reward/<name>).",
     )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout (generation) engines.")
     colocate: Colocation = Field(default_factory=Colocation, description="Which models share GPUs.")
 
     rules = (
         Rule(
-            cel="!self.colocate.actorReference || (has(self.reference) && self.reference.gpus == self.actor.gpus)",
-            message="colocate.actorReference needs a reference with as many GPUs as the actor",
-            field="reference",
+            cel="self.reward.all(r, !has(r.name) || self.reward.filter(s, has(s.name) && s.name == r.name).size() == 1)",
+            message="names must be unique (each keys the metric reward/<name>)",
+            field="reward",
+            check=lambda m: len({r.name for r in m.reward if r.name}) == len([r for r in m.reward if r.name]),
+        ),
+        Rule(
+            cel="!self.colocate.all || ((!has(self.critic) || self.critic.gpus <= self.actor.gpus) "
+            "&& (!has(self.reference) || self.reference.gpus <= self.actor.gpus) "
+            "&& self.reward.all(r, !has(r.gpus) || r.gpus <= self.actor.gpus))",
+            message="every model time-slices the actor's GPUs: critic, reference and reward-model gpus "
+            "must be at most actor.gpus",
+            field="colocate.all",
             check=lambda m: (
-                not m.colocate.actor_reference
-                or (m.reference is not None and m.reference.gpus == m.actor.gpus)
+                not m.colocate.all
+                or all(
+                    gpus <= m.actor.gpus
+                    for gpus in [
+                        *(role.gpus for role in (m.critic, m.reference) if role is not None),
+                        *(r.gpus for r in m.reward if r.gpus is not None),
+                    ]
+                )
+            ),
+        ),
+        Rule(
+            cel="!self.colocate.criticReward || !has(self.critic) "
+            "|| self.reward.all(r, !has(r.gpus) || r.gpus <= self.critic.gpus)",
+            message="reward models share the critic's GPUs: their gpus must be at most critic.gpus",
+            field="colocate.criticReward",
+            check=lambda m: (
+                not m.colocate.critic_reward
+                or m.critic is None
+                or all(r.gpus <= m.critic.gpus for r in m.reward if r.gpus is not None)
+            ),
+        ),
+        Rule(
+            cel="!self.colocate.criticReward || self.reward.exists(r, has(r.model))",
+            message="colocate.criticReward needs a reward model (an entry with model)",
+            field="colocate.criticReward",
+            check=lambda m: not m.colocate.critic_reward or any(r.model is not None for r in m.reward),
+        ),
+        Rule(
+            cel="!self.colocate.actorReference || !has(self.reference) || self.reference.gpus == self.actor.gpus",
+            message="must equal actor.gpus with colocate.actorReference (the reference shares the actor's GPUs)",
+            field="reference.gpus",
+            check=lambda m: (
+                not m.colocate.actor_reference or m.reference is None or m.reference.gpus == m.actor.gpus
             ),
         ),
         Rule(
@@ -365,45 +519,69 @@ class ModelsSpec(ApiModel):
 # --------------------------------------------------------------------------------------------
 # data, training, generation, checkpoint
 
+# Training defaults: 128 prompts per rollout in train batches of 64 samples divides for every
+# samplesPerPrompt; micro batches of 4 on up to 16 data-parallel workers divide 64.
+DEFAULT_ROLLOUT_BATCH_SIZE = 128
+DEFAULT_TRAIN_BATCH_SIZE = 64
+DEFAULT_MICRO_BATCH_SIZE = 4
+DEFAULT_MAX_STEPS = 500
+
 
 class PromptSource(ApiModel):
     path: str | None = Field(
         default=None,
         min_length=1,
+        max_length=PATH_LENGTH,
         description="Local or volume path of a .jsonl/.json/.parquet file or directory.",
     )
     dataset: str | None = Field(
-        default=None, min_length=1, description="HF dataset name (only where the cluster can reach a hub)."
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="HF dataset name (only where the cluster can reach a hub).",
     )
-    split: str = Field(default="train", min_length=1, description="Dataset split.")
-    input_key: str = Field(default="prompt", min_length=1, description="Column holding the prompt text.")
+    split: str = Field(default="train", min_length=1, max_length=128, description="Dataset split.")
+    input_key: str = Field(
+        default="prompt", min_length=1, max_length=256, description="Column holding the prompt text."
+    )
     label_key: str | None = Field(
         default=None,
         min_length=1,
+        max_length=256,
         description="Column holding the label passed to reward functions (kto: the desirable/undesirable "
         "boolean, default label).",
     )
     response_key: str | None = Field(
-        default=None, min_length=1, description="sft: column holding the target response (default response)."
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="sft: column holding the target response (default response).",
     )
     chosen_key: str | None = Field(
-        default=None, min_length=1, description="rm, dpo: column holding the preferred response (default chosen)."
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="rm, dpo: column holding the preferred response (default chosen).",
     )
     rejected_key: str | None = Field(
         default=None,
         min_length=1,
+        max_length=256,
         description="rm, dpo: column holding the dispreferred response (default rejected).",
     )
     completion_key: str | None = Field(
-        default=None, min_length=1, description="kto: column holding the completion (default completion)."
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="kto: column holding the completion (default completion).",
     )
     chat_template: bool = Field(
         default=False, description="Wrap the prompt with the tokenizer's chat template."
     )
     input_template: str | None = Field(
-        default=None, description="Format string applied to the prompt; must contain {input}."
+        default=None, max_length=8192, description="Format string applied to the prompt; must contain {input}."
     )
-    max_samples: int | None = Field(default=None, ge=1, description="Use at most this many rows.")
+    max_samples: int | None = Field(default=None, ge=1, le=INT32_MAX, description="Use at most this many rows.")
 
     rules = (
         Rule(
@@ -429,24 +607,42 @@ class PromptSource(ApiModel):
 
 class DataSpec(ApiModel):
     prompts: PromptSource = Field(description="Training prompts.")
-    eval: PromptSource | None = Field(default=None, description="Optional evaluation prompts.")
+    eval: PromptSource | None = Field(
+        default=None, description="Evaluation prompts, used every training.evalEverySteps steps (set both)."
+    )
     shuffle: bool = Field(default=True, description="Shuffle prompts each epoch with the training seed.")
 
 
 class TrainingSpec(ApiModel):
-    rollout_batch_size: int | None = Field(
-        default=None, ge=1, description="Prompts per rollout (one RL step). Required by RL, not used by stages."
+    """Every field has a default, so `spec.training` may be omitted."""
+
+    rollout_batch_size: int = Field(
+        default=DEFAULT_ROLLOUT_BATCH_SIZE,
+        ge=1,
+        le=1_000_000,
+        description=f"Prompts per rollout (one RL step). Default {DEFAULT_ROLLOUT_BATCH_SIZE}. Not used by "
+        "offline stages.",
     )
     train_batch_size: int = Field(
+        default=DEFAULT_TRAIN_BATCH_SIZE,
         ge=1,
-        description="Samples (completions) per optimizer step. One step makes "
-        "rolloutBatchSize x samplesPerPrompt / trainBatchSize x epochs optimizer steps. Offline stages: "
-        "examples (rows or preference pairs) per optimizer step.",
+        le=1_000_000,
+        description="Samples (completions) per optimizer step, over all data-parallel workers. One step "
+        "makes rolloutBatchSize x samplesPerPrompt / trainBatchSize x epochs optimizer steps; it must divide "
+        f"rolloutBatchSize x samplesPerPrompt. Default {DEFAULT_TRAIN_BATCH_SIZE}. Offline stages: examples "
+        "(rows or preference pairs) per optimizer step.",
     )
     micro_batch_size: int = Field(
-        ge=1, description="Samples per forward/backward pass; gradients accumulate up to trainBatchSize."
+        default=DEFAULT_MICRO_BATCH_SIZE,
+        ge=1,
+        le=1_000_000,
+        description="Samples per forward/backward pass on one worker; gradients accumulate up to "
+        "trainBatchSize, so microBatchSize x the role's GPUs (its data-parallel workers) must divide "
+        f"trainBatchSize. Default {DEFAULT_MICRO_BATCH_SIZE}.",
     )
-    max_steps: int = Field(ge=1, description="RL steps (rollouts) to run; offline stages: optimizer steps.")
+    max_steps: int = Field(
+        default=DEFAULT_MAX_STEPS, ge=1, le=INT32_MAX, description=f"RL steps (rollouts) to run; offline stages: optimizer steps. Default {DEFAULT_MAX_STEPS}."
+    )
     actor_learning_rate: float = Field(default=1e-6, gt=0, description="Actor peak learning rate.")
     critic_learning_rate: float = Field(default=9e-6, gt=0, description="Critic peak learning rate.")
     lr_schedule: Literal["constant", "cosine"] = Field(
@@ -460,8 +656,10 @@ class TrainingSpec(ApiModel):
     )
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
-    seed: int = Field(default=42, ge=0, description="Seed of data order, sampling and initialisation.")
-    eval_every_steps: int = Field(default=0, ge=0, description="Evaluate every N steps (0: never).")
+    seed: int = Field(default=42, ge=0, le=INT32_MAX, description="Seed of data order, sampling and initialisation.")
+    eval_every_steps: int = Field(
+        default=0, ge=0, le=INT32_MAX, description="Evaluate on data.eval every N steps (0: never). Needs data.eval."
+    )
 
     rules = (
         Rule(
@@ -474,21 +672,24 @@ class TrainingSpec(ApiModel):
 
 
 class GenerationSpec(ApiModel):
-    max_prompt_length: int = Field(default=1024, ge=1, description="Prompt tokens kept (left-truncated).")
-    max_new_tokens: int = Field(default=1024, ge=1, description="Most tokens generated per completion.")
+    max_prompt_length: int = Field(default=1024, ge=1, le=INT32_MAX, description="Prompt tokens kept (left-truncated).")
+    max_new_tokens: int = Field(default=1024, ge=1, le=INT32_MAX, description="Most tokens generated per completion.")
     temperature: float = Field(default=1.0, gt=0, le=10, description="Sampling temperature.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling probability mass.")
-    top_k: int = Field(default=0, ge=0, description="Top-k sampling (0: off).")
+    top_k: int = Field(default=0, ge=0, le=INT32_MAX, description="Top-k sampling (0: off).")
 
 
 class CheckpointSpec(ApiModel):
     path: str = Field(
-        min_length=1, description="Directory for checkpoints (on the checkpoint volume in a cluster)."
+        min_length=1,
+        max_length=PATH_LENGTH,
+        description="Directory for checkpoints (on the checkpoint volume in a cluster). In a cluster it may "
+        "not be /, /etc, nor under /etc/rlhf (the trainer config), /dev, /proc or /sys.",
     )
     volume: VolumeSource | None = Field(
         default=None, description="Volume mounted at path on every pod (shared, e.g. a ReadWriteMany PVC)."
     )
-    every_steps: int = Field(default=50, ge=1, description="Save every N steps (and always at the end).")
+    every_steps: int = Field(default=50, ge=1, le=INT32_MAX, description="Save every N steps (and always at the end).")
     keep: int = Field(default=3, ge=1, le=1000, description="Keep the last K checkpoints.")
     export_hf: bool = Field(
         default=True, alias="exportHF", description="Also write the actor in HF format (from_pretrained)."
@@ -496,7 +697,18 @@ class CheckpointSpec(ApiModel):
     resume: str = Field(
         default="auto",
         pattern=r"^(auto|never|/.*)$",
+        max_length=PATH_LENGTH,
         description="auto: continue from the latest checkpoint under path; never; or an absolute checkpoint path.",
+    )
+
+    rules = (
+        Rule(
+            cel=f"!(self.path in {_FIXED_DIRS_CEL} || {_FIXED_TREES_CEL}.exists(d, self.path.startsWith(d + '/')))",
+            message="collides with a directory the pods need (/, /etc, /etc/rlhf: the trainer config, "
+            "/dev, /dev/shm, /proc, /sys)",
+            field="path",
+            check=lambda c: not _fixed_mount(c.path),
+        ),
     )
 
 
@@ -505,8 +717,8 @@ class CheckpointSpec(ApiModel):
 
 
 class PodTemplateOverrides(ApiModel):
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels every pod must match."
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=64, description="Node labels every pod must match."
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=64, description="Tolerations of every pod."
@@ -523,10 +735,27 @@ class PodTemplateOverrides(ApiModel):
     image_pull_secrets: list[LocalObjectReference] = Field(
         default_factory=list, max_length=16, description="Secrets for pulling the image."
     )
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels of every pod.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations of every pod.")
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Extra labels of every pod: Kubernetes label keys ([prefix/]name) and values "
+        "(at most 63 characters: alphanumerics, '-', '_', '.').",
+    )
+    annotations: dict[str, AnnotationValue] = Field(
+        default_factory=dict, max_length=64, description="Extra annotations of every pod (label-key format keys)."
+    )
 
     rules = (
+        *(
+            Rule(
+                cel=f"self.{wire}.all(k, k.matches('{LABEL_KEY}'))",
+                message="keys must be Kubernetes label keys: [prefix/]name, name <= 63 characters of "
+                "[A-Za-z0-9-_.] starting and ending alphanumeric, prefix a DNS subdomain",
+                field=wire,
+                check=lambda t, attr=attr: all(re.match(LABEL_KEY, k) for k in getattr(t, attr)),
+            )
+            for wire, attr in (("labels", "labels"), ("annotations", "annotations"), ("nodeSelector", "node_selector"))
+        ),
         Rule(
             cel="self.volumeMounts.all(m, self.volumes.exists(v, v.name == m.name))",
             message="every volumeMount must name a volume in template.volumes",
@@ -556,23 +785,26 @@ class SecretRefs(ApiModel):
     hf_token: SecretKeySelector | None = Field(
         default=None, description="Secret key holding the HF token (HF_TOKEN)."
     )
-    wandb_api_key: SecretKeySelector | None = Field(
-        default=None, description="Secret key holding the W&B API key (WANDB_API_KEY)."
-    )
 
 
 class RLHFJobSpec(ApiModel):
     algorithm: AlgorithmSpec = Field(description="The RL algorithm and its hyperparameters.")
     models: ModelsSpec = Field(description="Model roles: actor, critic, reference, reward, rollout.")
     data: DataSpec = Field(description="Prompt data.")
-    training: TrainingSpec = Field(description="Batch sizes, steps, optimizer.")
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec,
+        description="Batch sizes, steps, optimizer. Every field has a default (see each), so it may be omitted.",
+    )
     generation: GenerationSpec = Field(default_factory=GenerationSpec, description="Lengths and sampling.")
     checkpoint: CheckpointSpec | None = Field(
         default=None,
         description="Checkpointing and resume. Unset: no checkpoints; restarts begin from scratch.",
     )
     image: str | None = Field(
-        default=None, min_length=1, description="Trainer image. Unset: the operator's default."
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="Trainer image. Unset: the operator's default (the platform policy lists the allowed ones).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         default=None, description="Image pull policy of every container."
@@ -593,16 +825,20 @@ class RLHFJobSpec(ApiModel):
         description="Restarts after failure, each resuming from the latest checkpoint.",
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Fail the job after this long."
+        default=None, ge=1, le=INT32_MAX, description="Fail the job after this long."
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the Ray cluster this long after the job finishes."
+        default=None, ge=0, le=INT32_MAX, description="Delete the Ray cluster this long after the job finishes."
     )
     queue_name: str | None = Field(
         default=None, pattern=DNS_LABEL, max_length=63, description="Kueue LocalQueue name."
     )
     priority_class_name: str | None = Field(
-        default=None, min_length=1, description="PriorityClass of the pods."
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="PriorityClass of the pods (the platform policy lists the allowed ones).",
     )
 
     rules = (
@@ -619,19 +855,44 @@ class RLHFJobSpec(ApiModel):
             check=lambda s: s.algorithm.name not in GROUP_ALGORITHMS or s.models.critic is None,
         ),
         Rule(
-            cel=f"{OFFLINE_CEL}.exists(a, a == self.algorithm.name) || self.algorithm.kl.coef == 0.0 "
-            "|| has(self.models.reference)",
-            message="required when algorithm.kl.coef > 0 (set algorithm.kl.coef: 0 to train without one)",
-            field="models.reference",
-            check=lambda s: is_offline(s.algorithm.name) or s.algorithm.kl.coef == 0 or s.models.reference is not None,
+            cel="self.training.evalEverySteps == 0 || has(self.data.eval)",
+            message="required when training.evalEverySteps > 0",
+            field="data.eval",
+            check=lambda s: s.training.eval_every_steps == 0 or s.data.eval is not None,
         ),
         Rule(
-            cel="!has(self.training.rolloutBatchSize) || (self.training.rolloutBatchSize * "
-            "self.algorithm.samplesPerPrompt) % self.training.trainBatchSize == 0",
+            cel="!has(self.data.eval) || self.training.evalEverySteps > 0",
+            message="never used while training.evalEverySteps is 0: set how often to evaluate",
+            field="training.evalEverySteps",
+            check=lambda s: s.data.eval is None or s.training.eval_every_steps > 0,
+        ),
+        Rule(
+            cel="self.training.trainBatchSize % (self.training.microBatchSize * "
+            "(self.models.actor.gpus == 0 ? 1 : self.models.actor.gpus)) == 0",
+            message="microBatchSize x actor.gpus (the actor's data-parallel workers) must divide trainBatchSize",
+            field="training.microBatchSize",
+            check=lambda s: (
+                s.training.train_batch_size % (s.training.micro_batch_size * max(1, s.models.actor.gpus)) == 0
+            ),
+        ),
+        Rule(
+            cel="!has(self.models.critic) || self.training.trainBatchSize % (self.training.microBatchSize * "
+            "(self.models.critic.gpus == 0 ? 1 : self.models.critic.gpus)) == 0",
+            message="microBatchSize x critic.gpus (the critic's data-parallel workers) must divide trainBatchSize",
+            field="training.microBatchSize",
+            check=lambda s: (
+                s.models.critic is None
+                or s.training.train_batch_size % (s.training.micro_batch_size * max(1, s.models.critic.gpus))
+                == 0
+            ),
+        ),
+        Rule(
+            cel=f"{OFFLINE_CEL}.exists(a, a == self.algorithm.name) || "
+            "(self.training.rolloutBatchSize * self.algorithm.samplesPerPrompt) % self.training.trainBatchSize == 0",
             message="must divide rolloutBatchSize x samplesPerPrompt (samples per rollout)",
             field="training.trainBatchSize",
             check=lambda s: (
-                s.training.rollout_batch_size is None
+                is_offline(s.algorithm.name)
                 or (s.training.rollout_batch_size * s.algorithm.samples_per_prompt) % s.training.train_batch_size
                 == 0
             ),

@@ -5,8 +5,9 @@ In a stage, `spec.models.actor` is the model being trained (for `rm`, the base m
 sequence-classification head is put on), `spec.data.prompts` holds the examples (the columns
 named by the keys below), `spec.data.eval` the held-out split, and the batch sizes count examples:
 `trainBatchSize` examples (rows, or preference pairs) per optimizer step, `microBatchSize` per
-forward/backward pass, `maxSteps` optimizer steps. RL-only parts (critic, reward, rolloutBatchSize)
-are rejected, naming the field; stage-only fields are rejected in RL jobs.
+forward/backward pass, `maxSteps` optimizer steps. RL-only parts (critic, reward, samplesPerPrompt
+> 1) are rejected, naming the field (rolloutBatchSize has a default and is ignored); stage-only
+fields are rejected in RL jobs.
 """
 
 from __future__ import annotations
@@ -127,18 +128,6 @@ def stage_rules() -> tuple[Rule, ...]:
             message="not used by sft and rm (dpo and kto hold a reference): remove it",
             field="models.reference",
             check=lambda s: s.algorithm.name not in ("sft", "rm") or s.models.reference is None,
-        ),
-        Rule(
-            cel=f"!({offline}) || !has(self.training.rolloutBatchSize)",
-            message="not used by offline stages (trainBatchSize counts examples): remove it",
-            field="training.rolloutBatchSize",
-            check=lambda s: not is_offline(s.algorithm.name) or s.training.rollout_batch_size is None,
-        ),
-        Rule(
-            cel=f"({offline}) || has(self.training.rolloutBatchSize)",
-            message="required by RL algorithms",
-            field="training.rolloutBatchSize",
-            check=lambda s: is_offline(s.algorithm.name) or s.training.rollout_batch_size is not None,
         ),
         Rule(
             cel=f"!({offline}) || self.algorithm.samplesPerPrompt == 1",

@@ -4,11 +4,20 @@ the trainer owns progress, metrics, checkpoints, latestCheckpoint and failure. N
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import Field
 
 from .base import ApiModel
+
+
+def rfc3339(moment: datetime | float) -> str:
+    """A status timestamp (RFC 3339, UTC, seconds) of a datetime or a Unix time, as Kubernetes
+    writes them: `2026-01-02T03:04:05Z`. The one formatter of the operator and the trainer."""
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, tz=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 Phase = Literal["Pending", "Initializing", "Running", "Retrying", "Suspended", "Succeeded", "Failed"]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]

@@ -11,9 +11,10 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from .job import API_VERSION, KIND, RLHFJob
+from .job import API_VERSION, KIND, NAME_PATTERN, RLHFJob
+from .kube import CONFIG_KEY, DNS_LABEL, DNS_SUBDOMAIN, LABEL_VALUE, QUALIFIED_NAME
 from .spec import PYTHON_CALLABLE
 
 
@@ -35,7 +36,18 @@ class InvalidJobError(ValueError):
         super().__init__(where + "; ".join(str(e) for e in errors))
 
 
-_PATTERN_HINTS = {PYTHON_CALLABLE: "must be module.path:callable (e.g. my_rewards:math_verify)"}
+_PATTERN_HINTS = {
+    PYTHON_CALLABLE: "must be module.path:callable (e.g. my_rewards:math_verify)",
+    DNS_LABEL: "must be a Kubernetes DNS label (lowercase letters, digits and '-', starting and ending "
+    "with a letter or digit)",
+    DNS_SUBDOMAIN: "must be a Kubernetes object name (lowercase letters, digits, '-' and '.', starting and "
+    "ending with a letter or digit)",
+    NAME_PATTERN: "must be a lowercase DNS label starting with a letter (letters, digits and '-')",
+    QUALIFIED_NAME: "must be a Kubernetes label key ([prefix/]name)",
+    LABEL_VALUE: "must be a Kubernetes label value (at most 63 letters, digits, '-', '_', '.', starting and "
+    "ending with a letter or digit)",
+    CONFIG_KEY: "must be a Secret/ConfigMap key (letters, digits, '-', '_', '.')",
+}
 
 
 def validate_manifest(doc: Any) -> tuple[RLHFJob | None, list[FieldError]]:
@@ -53,11 +65,16 @@ def validate_manifest(doc: Any) -> tuple[RLHFJob | None, list[FieldError]]:
 
 
 def parse_model(model: type[BaseModel], data: Any, prefix: str = "") -> tuple[Any, list[FieldError]]:
-    """Validate `data` as `model`; errors carry wire paths, prefixed with `prefix`."""
+    """Validate `data` as `model`; errors carry wire paths, prefixed with `prefix`.
+
+    Every error is reported at once: besides pydantic's field errors, the cross-field rules of
+    objects that failed validation elsewhere are judged too (see `rules_despite_errors`).
+    """
     try:
         return model.model_validate(data), []
     except ValidationError as exc:
         errors = [err for raw in exc.errors() for err in _field_errors(model, raw, prefix)]
+        errors += rules_despite_errors(model, data, prefix)[0]
         return None, _dedupe(errors)
 
 
@@ -183,6 +200,91 @@ def _unwrap(annotation: Any) -> Any:
     if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         return args[0] if len(args) == 1 else annotation
     return annotation
+
+
+def rules_despite_errors(model: type[BaseModel], data: Any, path: str) -> tuple[list[FieldError], Any]:
+    """The rule errors of `data` as `model` that pydantic leaves unjudged, and a partial object.
+
+    Pydantic checks an object's rules only when all of its fields are valid, so a missing section
+    would hide, say, a critic in a grpo job until the next try. Here the object is rebuilt from
+    its valid fields (invalid nested objects rebuilt the same way, recursively; invalid leaves
+    left unset), and each rule whose inputs are all there is judged. A rule that touches an unset
+    field raises and is skipped: it is judged once that field is fixed.
+    """
+    if not isinstance(data, dict):
+        return [], None
+    try:
+        return [], model.model_validate(data)
+    except ValidationError as exc:
+        bad = {raw["loc"][0] for raw in exc.errors() if raw["loc"]}
+    errors: list[FieldError] = []
+    values: dict[str, Any] = {}
+    unset: list[str] = []
+    for name, info in model.model_fields.items():
+        wire = info.alias or name
+        if wire not in data:
+            if info.is_required():
+                unset.append(name)
+            continue
+        if wire not in bad:
+            try:
+                values[name] = _valid_field(model, name, data[wire])
+            except ValidationError:
+                unset.append(name)
+            continue
+        partial = _partial_value(info.annotation, data[wire], _join(path, wire), errors)
+        if partial is None:
+            unset.append(name)
+        else:
+            values[name] = partial
+    instance = model.model_construct(**values)
+    for name in unset:
+        instance.__dict__.pop(name, None)  # reading it raises AttributeError: rules using it are skipped
+    for rule in getattr(model, "rules", ()):
+        try:
+            ok = rule.check(instance)
+        except Exception:  # the rule reads a field that is invalid: judged once that is fixed
+            continue
+        if not ok:
+            errors.append(FieldError(_join(path, rule.field), rule.message))
+    return errors, instance
+
+
+def _valid_field(model: type[BaseModel], name: str, value: Any) -> Any:
+    """A field value that validated inside `model`, as the model holds it."""
+    info = model.model_fields[name]
+    adapter = _ADAPTERS.get((model, name))
+    if adapter is None:
+        annotated = typing.Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        adapter = TypeAdapter(annotated, config=None if _is_model(info.annotation) else _STRICT)
+        _ADAPTERS[(model, name)] = adapter
+    return adapter.validate_python(value)
+
+
+def _partial_value(annotation: Any, value: Any, path: str, errors: list[FieldError]) -> Any:
+    """An invalid field rebuilt as far as it goes (None: nothing usable)."""
+    target = _unwrap(annotation)
+    if _is_model(target):
+        found, partial = rules_despite_errors(target, value, path)
+        errors.extend(found)
+        return partial
+    args = typing.get_args(target)
+    if typing.get_origin(target) is list and isinstance(value, list) and args and _is_model(args[0]):
+        items = []
+        for index, item in enumerate(value):
+            found, partial = rules_despite_errors(args[0], item, f"{path}[{index}]")
+            errors.extend(found)
+            items.append(partial)
+        return None if any(item is None for item in items) else items
+    return None
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+_STRICT = ConfigDict(strict=True)
+_ADAPTERS: dict[tuple[type[BaseModel], str], TypeAdapter[Any]] = {}
 
 
 def _dedupe(errors: list[FieldError]) -> list[FieldError]:

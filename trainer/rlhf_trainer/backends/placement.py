@@ -1,23 +1,42 @@
-"""Where each role's workers go: placement-group bundles from the GPU counts and colocation.
+"""Where each role's workers go: the job's role layout (`api.layout`, the one owner of the GPU
+rules) turned into placement-group bundles.
 
-A pure function of the spec, so the layout can be read and tested without Ray. Training and
-inference roles get one worker per GPU (one on CPU when gpus is 0); colocated roles share the
-bundles of the role they are colocated with, each taking an equal fraction of the bundle's GPU
-and CPU. A CPU-only job gets CPU bundles that together fit in the CPUs Ray was given.
+A pure function of the spec, so it can be read and tested without Ray. Each role that owns GPUs
+gets one bundle per worker (its GPUs, one CPU; one CPU when the role runs on CPU); a role that
+shares another's GPUs puts its i-th worker on that role's i-th bundle (modulo its bundle count),
+and the workers on one bundle each take an equal fraction of its GPU and CPU. A CPU-only job gets
+CPU bundles that together fit in the CPUs Ray was given.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..api.layout import (
+    ACTOR,
+    CRITIC,
+    REFERENCE,
+    ROLLOUT,
+    JobLayout,
+    plan_roles,
+    reward_model_role,
+    uses_reference,
+)
 from ..api.spec import RLHFJobSpec
 
-ACTOR, CRITIC, REFERENCE, ROLLOUT = "actor", "critic", "reference", "rollout"
-
-
-def reward_model_role(index: int) -> str:
-    return f"reward_model_{index}"
+__all__ = [
+    "ACTOR",
+    "CRITIC",
+    "REFERENCE",
+    "ROLLOUT",
+    "PlacementPlan",
+    "WorkerPlacement",
+    "plan_placement",
+    "reward_model_role",
+    "role_gpus",
+    "uses_reference",
+]
 
 
 @dataclass(frozen=True)
@@ -31,114 +50,64 @@ class WorkerPlacement:
 class PlacementPlan:
     bundles: tuple[dict[str, float], ...]
     roles: dict[str, tuple[WorkerPlacement, ...]]
+    pool_bundles: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Per role: the bundles of the pool it sits in (its own, or those of the role it shares)."""
 
     @property
     def uses_gpus(self) -> bool:
         return any(bundle.get("GPU", 0) > 0 for bundle in self.bundles)
 
 
-def uses_reference(spec: RLHFJobSpec) -> bool:
-    """A reference model is loaded only when the KL term needs it."""
-    return spec.models.reference is not None and spec.algorithm.kl.coef > 0
-
-
-def reward_model_gpus(spec: RLHFJobSpec, index: int) -> int:
-    """A reward model's GPUs: as declared; unset, 1 in a GPU job and 0 in a CPU job (actor.gpus 0)."""
-    declared = spec.models.reward[index].gpus
-    if declared is not None:
-        return declared
-    return 1 if spec.models.actor.gpus > 0 else 0
-
-
-def rollout_engines(spec: RLHFJobSpec) -> int:
-    """Separate rollout engines; 0 means the actor generates (hf engine with engines: 0)."""
-    return spec.models.rollout.engines
-
-
 def role_gpus(spec: RLHFJobSpec) -> dict[str, tuple[int, int]]:
     """(workers, GPUs per worker) of every role the job runs."""
-    def training(gpus: int) -> tuple[int, int]:
-        return (gpus, 1) if gpus > 0 else (1, 0)
-
-    models = spec.models
-    roles = {ACTOR: training(models.actor.gpus)}
-    if models.critic is not None:
-        roles[CRITIC] = training(models.critic.gpus)
-    if uses_reference(spec):
-        assert models.reference is not None
-        roles[REFERENCE] = training(models.reference.gpus)
-    for index, source in enumerate(models.reward):
-        if source.model is not None:
-            roles[reward_model_role(index)] = training(reward_model_gpus(spec, index))
-    engines = rollout_engines(spec)
-    if engines:
-        per_engine = models.rollout.tensor_parallel_size if models.actor.gpus > 0 else 0
-        if models.rollout.engine == "hf" and models.actor.gpus > 0:
-            per_engine = 1
-        roles[ROLLOUT] = (engines, per_engine)
-    return roles
-
-
-def _host(spec: RLHFJobSpec, role: str) -> str:
-    """The role whose bundles `role` shares (itself when not colocated)."""
-    colocate = spec.models.colocate
-    if role == ACTOR:
-        return ACTOR
-    if colocate.all:
-        return ACTOR
-    if role == REFERENCE and colocate.actor_reference:
-        return ACTOR
-    if role.startswith("reward_model_") and colocate.critic_reward and CRITIC in role_gpus(spec):
-        return CRITIC
-    return role
+    return {role.name: (role.workers, role.gpus_per_worker) for role in plan_roles(spec)}
 
 
 def plan_placement(spec: RLHFJobSpec, cpus: float) -> PlacementPlan:
     """Bundles and per-worker resources for every role. `cpus`: CPUs Ray may use (CPU-only jobs)."""
-    roles = role_gpus(spec)
+    return bundles_of(plan_roles(spec), cpus)
+
+
+def bundles_of(layout: JobLayout, cpus: float) -> PlacementPlan:
+    """The placement of a role layout (hosts come before the roles that share them)."""
     bundles: list[dict[str, float]] = []
-    first_bundle: dict[str, int] = {}
-    bundle_count: dict[str, int] = {}
-    # Hosts first, so a colocated role finds its host's bundles.
-    for role in sorted(roles, key=lambda r: _host(spec, r) != r):
-        host = _host(spec, role)
-        if host != role:
-            continue
-        workers, gpus_each = roles[role]
-        first_bundle[role] = len(bundles)
-        bundle_count[role] = workers
-        for _ in range(workers):
-            bundles.append({"GPU": float(gpus_each), "CPU": 1.0} if gpus_each else {"CPU": 1.0})
+    own: dict[str, tuple[int, ...]] = {}
+    for host in layout.hosts():
+        start = len(bundles)
+        for _ in range(host.workers):
+            each = host.gpus_per_worker
+            bundles.append({"GPU": float(each), "CPU": 1.0} if each else {"CPU": 1.0})
+        own[host.name] = tuple(range(start, len(bundles)))
 
     # Workers per bundle, to split its resources evenly.
     sharing = [0] * len(bundles)
     assignments: dict[str, list[int]] = {}
-    for role, (workers, _) in roles.items():
-        host = _host(spec, role)
-        indices = [first_bundle[host] + i % bundle_count[host] for i in range(workers)]
-        assignments[role] = indices
-        for index in indices:
+    for role in layout:
+        pool = own[role.host]
+        assignments[role.name] = [pool[i % len(pool)] for i in range(role.workers)]
+        for index in assignments[role.name]:
             sharing[index] += 1
 
-    gpu_job = any(b.get("GPU", 0) > 0 for b in bundles)
-    if not gpu_job:
+    if not any(b.get("GPU", 0) > 0 for b in bundles):
         # CPU-only: the bundles together take at most the CPUs Ray has.
         # Rounded down: rounding up could ask for a hair more than the cluster has.
         per_bundle = math.floor(min(1.0, cpus / max(1, len(bundles))) * 1e4) / 1e4
         bundles = [{"CPU": per_bundle} for _ in bundles]
 
     placements: dict[str, tuple[WorkerPlacement, ...]] = {}
-    for role, indices in assignments.items():
-        gpus_each = roles[role][1]
-        placements[role] = tuple(
+    for role in layout:
+        placements[role.name] = tuple(
             WorkerPlacement(
                 bundle=index,
-                num_gpus=_share(bundles[index].get("GPU", 0.0), sharing[index]) if gpus_each else 0.0,
+                num_gpus=_share(bundles[index].get("GPU", 0.0), sharing[index])
+                if role.gpus_per_worker
+                else 0.0,
                 num_cpus=_share(bundles[index]["CPU"], sharing[index]),
             )
-            for index in indices
+            for index in assignments[role.name]
         )
-    return PlacementPlan(bundles=tuple(bundles), roles=placements)
+    pools = {role.name: own[role.host] for role in layout}
+    return PlacementPlan(bundles=tuple(bundles), roles=placements, pool_bundles=pools)
 
 
 def _share(amount: float, workers: int) -> float:

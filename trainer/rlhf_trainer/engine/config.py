@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from ..api.spec import RoleSpec, TrainingSpec
-from ..batching import BatchPlan
+from ..batch_plan import BatchPlan
 
 
 def effective_precision(role: RoleSpec, use_gpu: bool) -> str:

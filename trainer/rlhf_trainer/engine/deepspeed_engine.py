@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..api.spec import RoleSpec, TrainingSpec
-from ..batching import BatchPlan
+from ..batch_plan import BatchPlan
 from .config import deepspeed_config, effective_precision, lr_multiplier, uses_deepspeed_cpu_adam
 
 log = logging.getLogger(__name__)

@@ -43,8 +43,6 @@ def import_callable(target: str, field: str) -> RewardFn:
 class FunctionReward:
     """Calls fn(prompts=..., completions=..., labels=...) -> list[float]. Imported on first use."""
 
-    kind = "function"
-
     def __init__(self, target: str, field: str) -> None:
         self.target = target
         self.field = field

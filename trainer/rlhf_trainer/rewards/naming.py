@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from ..api.spec import RewardSource, RLHFJobSpec
-from .errors import RewardConfigError
+from ..api.spec import RESERVED_REWARD_NAMES, RewardSource, RLHFJobSpec
 
 # reward/mean and reward/std are the totals; a source with one of these names would overwrite them.
-RESERVED_NAMES = frozenset({"mean", "std", "min", "max", "total"})
+# The API rejects such explicit names; derived names step around them.
+RESERVED_NAMES = frozenset(RESERVED_REWARD_NAMES)
 _MAX_NAME = 63
 
 
@@ -35,22 +35,11 @@ def derived_name(source: RewardSource) -> str:
 def reward_source_names(spec: RLHFJobSpec) -> list[str]:
     """One unique metric name per `spec.models.reward[i]`, in order.
 
-    Explicit names must be unique and not reserved (RewardConfigError naming the field); derived
+    Explicit names are unique and not reserved (the API's rules on spec.models.reward); derived
     names that collide get a numeric suffix (`boxed_answer`, `boxed_answer-2`).
     """
     sources = spec.models.reward
-    taken: set[str] = set()
-    for i, source in enumerate(sources):
-        if source.name is None:
-            continue
-        field = f"spec.models.reward[{i}].name"
-        if source.name in RESERVED_NAMES:
-            raise RewardConfigError(
-                f"{field}: '{source.name}' is reserved (reward/{source.name} is the combined reward)"
-            )
-        if source.name in taken:
-            raise RewardConfigError(f"{field}: '{source.name}' is used by another reward source")
-        taken.add(source.name)
+    taken = {source.name for source in sources if source.name is not None}
 
     names: list[str] = []
     for source in sources:

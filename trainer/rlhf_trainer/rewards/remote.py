@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from ..api.spec import RewardAuth
 from .errors import RewardConfigError, RewardError
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,6 @@ class RemoteReward:
     resending the same body cannot fix it.
     """
 
-    kind = "url"
-
     def __init__(
         self,
         url: str,
@@ -39,9 +39,15 @@ class RemoteReward:
         retries: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         backoff_s: float = 1.0,
+        auth: RewardAuth | None = None,
+        auth_env: str | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if (auth is None) != (auth_env is None):
+            raise ValueError("auth and auth_env go together")
+        self.auth = auth
+        self.auth_env = auth_env
         self.url = url
         self.field = field
         self.timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
@@ -50,8 +56,23 @@ class RemoteReward:
         self.backoff_s = backoff_s
         self._session = requests.Session()
 
+    def _headers(self) -> dict[str, str]:
+        """The credential header, read from the env the operator fills from the Secret (never logged)."""
+        if self.auth is None:
+            return {}
+        secret = os.environ.get(self.auth_env or "")
+        if not secret:
+            raise RewardConfigError(
+                f"{self.field.removesuffix('.url')}.auth.secretKeyRef: ${self.auth_env} is not set (the operator "
+                f"sets it from Secret {self.auth.secret_key_ref.name!r} key {self.auth.secret_key_ref.key!r}; "
+                "set it yourself for `rlhf run`)"
+            )
+        value = f"{self.auth.scheme} {secret.strip()}" if self.auth.scheme else secret.strip()
+        return {self.auth.header: value}
+
     def preflight(self) -> None:
         """A TCP connect to the server: proves it is reachable without spending a scoring call."""
+        self._headers()
         parts = urlsplit(self.url)
         host = parts.hostname
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -72,6 +93,7 @@ class RemoteReward:
 
     def _post(self, prompts: list[str], completions: list[str], labels: list[Any]) -> Sequence[float]:
         body = {"prompts": prompts, "completions": completions, "labels": labels}
+        headers = self._headers()
         last_error = ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -81,7 +103,7 @@ class RemoteReward:
                 )
                 time.sleep(delay)
             try:
-                response = self._session.post(self.url, json=body, timeout=self.timeout_s)
+                response = self._session.post(self.url, json=body, headers=headers, timeout=self.timeout_s)
             except requests.Timeout:
                 last_error = f"no answer from {self.url} within {self.timeout_s:g}s (timeoutSeconds)"
                 continue

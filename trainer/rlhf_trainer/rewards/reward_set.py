@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..api.spec import RewardSource, RLHFJobSpec
+from ..api.spec import RewardSource, RLHFJobSpec, reward_auth_env
 from .errors import RewardConfigError, RewardError
 from .function import FunctionReward
 from .naming import reward_source_names
@@ -29,8 +29,6 @@ class Source(Protocol):
 class ModelReward:
     """A reward model scoring prompt + completion. The scorer is either injected (the reward-model
     role on Ray) or a RewardModelScorer built in this process on first use (local backend)."""
-
-    kind = "model"
 
     def __init__(
         self,
@@ -184,6 +182,8 @@ def build_rewards(
                 timeout_s=entry.timeout_seconds,
                 retries=entry.retries,
                 max_batch=remote_max_batch,
+                auth=entry.auth,
+                auth_env=reward_auth_env(i) if entry.auth is not None else None,
             )
         else:
             source = ModelReward(entry, f"{base}.model", scorer=model_scorers.get(i), device=device)

@@ -10,12 +10,12 @@ import torch
 
 from ..algorithms import default_loss_aggregation, kl_loss, kl_penalty, masked_mean, ppo_policy_loss
 from ..api.spec import RLHFJobSpec
-from ..batch import RolloutBatch
-from ..batching import plan_batches
+from ..batch_plan import plan_batches
 from ..engine.deepspeed_engine import TrainingEngine
 from ..engine.device import DistributedContext
 from ..engine.models import eos_token_ids, load_causal_lm, load_tokenizer
 from ..generation import GenerationOutput, HFGenerationEngine
+from ..rollout_batch import RolloutBatch
 from .base import load_rng, save_rng, start_role_process
 from .forward import per_token_outputs, policy_forward
 

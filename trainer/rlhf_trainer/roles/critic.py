@@ -8,11 +8,11 @@ import torch
 
 from ..algorithms import value_loss
 from ..api.spec import RLHFJobSpec
-from ..batch import RolloutBatch
-from ..batching import plan_batches
+from ..batch_plan import plan_batches
 from ..engine.deepspeed_engine import TrainingEngine
 from ..engine.device import DistributedContext
 from ..engine.models import load_value_model
+from ..rollout_batch import RolloutBatch
 from .base import load_rng, save_rng, start_role_process
 from .forward import per_token_outputs, value_forward
 

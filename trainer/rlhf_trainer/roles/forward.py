@@ -7,8 +7,8 @@ from collections.abc import Callable
 import torch
 
 from ..algorithms import entropy_from_logits, logprobs_from_logits
-from ..batch import RolloutBatch
 from ..engine.models import position_ids_from_mask
+from ..rollout_batch import RolloutBatch
 
 
 def policy_forward(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from ..api.spec import RLHFJobSpec
-from ..batch import RolloutBatch
 from ..engine.device import DistributedContext
 from ..engine.models import load_causal_lm
+from ..rollout_batch import RolloutBatch
 from .base import start_role_process
 from .forward import per_token_outputs, policy_forward
 

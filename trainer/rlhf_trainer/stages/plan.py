@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..api.spec import RLHFJobSpec
-from ..batching import BatchConfigError, BatchPlan
+from ..batch_plan import BatchConfigError, BatchPlan
 
 
 def stage_plan(spec: RLHFJobSpec, data_parallel: int = 1) -> BatchPlan:

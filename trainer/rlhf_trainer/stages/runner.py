@@ -33,7 +33,7 @@ class StagePrepared:
 def stage_preflight(spec: RLHFJobSpec, backend: str, resume_from: str | None) -> StagePrepared:
     """Model, tokenizer, data keys, batch sizes, devices and resume point; PreflightError with one
     line per problem, each naming its field."""
-    from ..batching import BatchConfigError
+    from ..batch_plan import BatchConfigError
     from ..checkpoint import CheckpointError, resolve_resume
     from ..data import DataConfigError
     from ..engine.models import load_tokenizer
@@ -122,7 +122,7 @@ def train_stage(config: TrainerConfig, prepared: StagePrepared) -> Any:
     from ..checkpoint import Checkpointer, load_checkpoint, restore_driver_rng
     from ..runner import RunSummary, _start_backend
     from ..telemetry import Telemetry
-    from ..topology import Roles, _contexts
+    from ..role_groups import Roles, _contexts
     from .role import StageRole
 
     started = time.perf_counter()
@@ -193,7 +193,7 @@ class StageLoop:
         self.step_seconds: list[float] = []
 
     def run(self, start_step: int) -> list[Any]:
-        from ..batch import even_ranges
+        from ..rollout_batch import even_ranges
 
         saved = []
         training = self.spec.training
@@ -228,7 +228,7 @@ class StageLoop:
         return saved
 
     def evaluate(self) -> dict[str, float]:
-        from ..batch import even_ranges
+        from ..rollout_batch import even_ranges
 
         examples = self.eval_dataset.all_examples()
         shards = [(examples[a:b],) for a, b in even_ranges(len(examples), self.group.size)]

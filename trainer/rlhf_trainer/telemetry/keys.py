@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-PHASES = (
+# The timed phases of one RL step: `timing/<phase>_s`.
+TIMING_PHASES = (
     "generate",
     "reward",
     "reference",
@@ -24,7 +25,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "actor/grad_norm",
     "critic/vf_loss",
     "response_length/mean",
-    *(f"timing/{phase}_s" for phase in PHASES),
+    *(f"timing/{phase}_s" for phase in TIMING_PHASES),
     "timing/step_s",
     "perf/tokens_per_s",
     "perf/samples_per_s",

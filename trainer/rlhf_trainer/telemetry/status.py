@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from typing import Any
 
-from ..api.status import TRAINER_FIELDS, CheckpointRef, Progress
-
-
-def rfc3339(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+from ..api.status import TRAINER_FIELDS, CheckpointRef, Progress, rfc3339
 
 
 def eta_seconds(step_times: list[float], step: int, total_steps: int) -> float | None:
