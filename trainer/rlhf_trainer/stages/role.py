@@ -13,11 +13,11 @@ from ..algorithms import masked_mean
 from ..algorithms.logprobs import logprobs_from_logits
 from ..algorithms.offline_losses import dpo_loss, pairwise_reward_loss, sequence_logprobs
 from ..api.spec import RLHFJobSpec, RoleSpec
-from ..rollout_batch import even_ranges
 from ..engine.deepspeed_engine import TrainingEngine
 from ..engine.device import DistributedContext
 from ..engine.models import _prepare, load_causal_lm, load_tokenizer, model_dtype
 from ..roles.base import load_rng, save_rng, start_role_process
+from ..rollout_batch import even_ranges
 from .data import Example
 from .encode import Encoded, encode_completions, encode_scored_texts
 from .losses import kto_loss

@@ -120,9 +120,9 @@ def run_stage(config: TrainerConfig) -> int:
 def train_stage(config: TrainerConfig, prepared: StagePrepared) -> Any:
     from ..backends.placement import ACTOR
     from ..checkpoint import Checkpointer, load_checkpoint, restore_driver_rng
+    from ..role_groups import Roles, _contexts
     from ..runner import RunSummary, _start_backend
     from ..telemetry import Telemetry
-    from ..role_groups import Roles, _contexts
     from .role import StageRole
 
     started = time.perf_counter()
