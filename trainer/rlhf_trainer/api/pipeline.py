@@ -241,7 +241,7 @@ def pipeline_crd_manifest() -> dict[str, Any]:
                 "plural": PIPELINE_PLURAL,
                 "singular": PIPELINE_SINGULAR,
                 "shortNames": list(PIPELINE_SHORT_NAMES),
-                "categories": ["all", "rlhf"],
+                "categories": ["all"],  # not "rlhf": that is RLHFJob's short name (kubectl get rlhf)
             },
             "scope": "Namespaced",
             "versions": [
