@@ -69,6 +69,8 @@ lint: $(INSTALLED)
 crds: $(INSTALLED)
 	$(RLHF) crds > crds/rlhfjobs.rlhf.io.yaml
 	cp crds/rlhfjobs.rlhf.io.yaml helm/rlhf-operator/crds/rlhfjobs.rlhf.io.yaml
+	$(RLHF) crds --kind RLHFPipeline > crds/rlhfpipelines.rlhf.io.yaml
+	cp crds/rlhfpipelines.rlhf.io.yaml helm/rlhf-operator/crds/rlhfpipelines.rlhf.io.yaml
 
 # CPU benchmarks side by side with their peers (TRL, KubeRay); results in bench/results/, table in bench/README.md.
 bench: $(INSTALLED) $(VLLM_INSTALLED)

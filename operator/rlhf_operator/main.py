@@ -70,7 +70,10 @@ def run_operator(args: argparse.Namespace) -> int:
         namespaces=namespaces,
         resync_seconds=float(os.environ.get("RLHF_OPERATOR_RESYNC_SECONDS", DEFAULT_RESYNC_SECONDS)),
     )
-    from . import handlers  # noqa: F401 - registers the kopf handlers
+    from . import (
+        handlers,  # noqa: F401 - registers the kopf handlers
+        pipeline_handlers,  # noqa: F401 - and those of RLHFPipelines
+    )
 
     kopf.run(
         standalone=args.peering is None,

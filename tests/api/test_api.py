@@ -13,6 +13,7 @@ import yaml
 from rlhf_trainer.api import RLHFJob
 from rlhf_trainer.api.base import ApiModel
 from rlhf_trainer.api.crd import CRD_FILE, crd_manifest, render_crds
+from rlhf_trainer.api.pipeline import RLHFPipeline
 from rlhf_trainer.api.validation import validate_manifest
 from rlhf_trainer.cli import main
 
@@ -44,7 +45,7 @@ def all_api_models() -> list[type[ApiModel]]:
 def test_example_is_valid(path: Path) -> None:
     job, errors = validate_manifest(yaml.safe_load(path.read_text()))
     assert errors == []
-    assert isinstance(job, RLHFJob)
+    assert isinstance(job, (RLHFJob, RLHFPipeline))
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
@@ -183,9 +184,13 @@ def test_crd_carries_bounds_enums_patterns_and_rules() -> None:
         "reinforce_pp_baseline",
         "rloo",
         "grpovi",
+        "sft",
+        "rm",
+        "dpo",
+        "kto",
     ]
     reward = spec["properties"]["models"]["properties"]["reward"]
-    assert reward["minItems"] == 1
+    assert "minItems" not in reward and reward["maxItems"] == 16  # RL needs >= 1 (a rule), stages none
     assert reward["items"]["properties"]["function"]["pattern"].endswith(":[A-Za-z_][A-Za-z0-9_]*$")
     assert any("has(self.models.critic)" in r["rule"] for r in spec["x-kubernetes-validations"])
     assert spec["properties"]["algorithm"]["properties"]["kl"]["default"] == {"coef": 0.001, "estimator": "k1", "asLoss": False}

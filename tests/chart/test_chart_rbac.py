@@ -29,9 +29,13 @@ def rules_by_resource(rules: list[dict]) -> dict[str, set[str]]:
 
 # The verbs operator/rlhf_operator/kube.py and kopf's watches use, and nothing more.
 EXPECTED_JOB_RULES = {
-    "rlhf.io/rlhfjobs": {"get", "list", "watch", "patch"},
+    # create: an RLHFPipeline's stages are RLHFJobs (operator/rlhf_operator/pipeline_handlers.py).
+    "rlhf.io/rlhfjobs": {"get", "list", "watch", "patch", "create"},
     "rlhf.io/rlhfjobs/status": {"get", "patch"},
     "rlhf.io/rlhfjobs/finalizers": {"update"},
+    "rlhf.io/rlhfpipelines": {"get", "list", "watch", "patch"},
+    "rlhf.io/rlhfpipelines/status": {"get", "patch"},
+    "rlhf.io/rlhfpipelines/finalizers": {"update"},
     "ray.io/rayjobs": {"get", "list", "watch", "create", "patch"},
     "/configmaps": {"get", "create", "patch"},
     "/serviceaccounts": {"get", "create"},

@@ -110,10 +110,24 @@ def disagreements(spec: RLHFJobSpec, placement: Callable[[RLHFJobSpec, float], P
     return problems
 
 
+def specs_of(doc: dict) -> list[RLHFJobSpec]:
+    """The job's spec, or each stage's of a pipeline (stage:// models stand for an exported one)."""
+    if doc["kind"] != "RLHFPipeline":
+        return [job_from(doc).spec]
+    from rlhf_trainer.api.pipeline import resolve_references
+
+    exported = {stage["name"]: "/models/exported" for stage in doc["spec"]["stages"]}
+    return [
+        job_from({"apiVersion": doc["apiVersion"], "kind": "RLHFJob", "metadata": {"name": stage["name"]},
+                  "spec": resolve_references(stage["spec"], exported)}).spec
+        for stage in doc["spec"]["stages"]
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_pods_request_the_gpus_the_trainer_places(case: str) -> None:
-    spec = job_from(CASES[case]()).spec
-    assert disagreements(spec, plan_placement) == []
+    for spec in specs_of(CASES[case]()):
+        assert disagreements(spec, plan_placement) == []
 
 
 def test_the_cases_cover_every_example() -> None:

@@ -18,6 +18,7 @@ DEFAULT_TRAINER_IMAGE = "ghcr.io/rlhf-operator/trainer:0.1.0"
 
 if TYPE_CHECKING:
     from .api.job import RLHFJob
+    from .api.spec import RLHFJobSpec
     from .api.validation import FieldError
 
 
@@ -62,15 +63,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for index, doc in jobs:
             job, errors = validate_manifest(doc)
             if job is not None:  # pod packing, then the platform policy (the chart's defaults unless --policy)
-                errors = layout_errors(job)
-                errors += [FieldError(path, msg) for path, msg in check_spec(job.spec, policy, args.image)]
+                errors = []
+                for prefix, spec in _job_specs(job):  # a pipeline: each stage's spec
+                    found = layout_errors(spec)
+                    found += [FieldError(path, msg) for path, msg in check_spec(spec, policy, args.image)]
+                    errors += [FieldError(prefix + e.path, e.message) for e in found]
             where = f"{path}#{index}" if len(docs) > 1 else path
             for error in errors:
                 assert isinstance(error, FieldError)
                 print(f"{error}  [{where}]", file=sys.stderr)
             failed = failed or bool(errors)
             valid += not errors
-            if job is not None and not errors and args.show_defaults:
+            if job is not None and job.kind == "RLHFJob" and not errors and args.show_defaults:
                 sys.stdout.write(f"---\n# {where}: the spec this job runs with, every default filled in\n")
                 sys.stdout.write(yaml.safe_dump(full_spec(job), sort_keys=False, width=120))
         if valid:
@@ -79,7 +83,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def layout_errors(job: RLHFJob) -> list[FieldError]:
+def _job_specs(job: Any) -> list[tuple[str, Any]]:
+    """(path prefix, spec) of an RLHFJob, or of each stage of an RLHFPipeline."""
+    if job.kind == "RLHFPipeline":
+        return [(f"spec.stages[{i}].", stage.spec) for i, stage in enumerate(job.spec.stages)]
+    return [("", job.spec)]
+
+
+def layout_errors(spec: RLHFJobSpec) -> list[FieldError]:
     """What the operator would refuse when packing the job into pods (the API server does not
     check this; the operator marks such a job Failed with the same line)."""
     from rlhf_operator.errors import RenderError
@@ -88,7 +99,7 @@ def layout_errors(job: RLHFJob) -> list[FieldError]:
     from .api.validation import FieldError
 
     try:
-        plan_layout(job.spec)
+        plan_layout(spec)
     except RenderError as exc:
         return [FieldError(exc.field, str(exc).split(": ", 1)[1])]
     return []
@@ -110,12 +121,17 @@ def full_spec(job: RLHFJob) -> dict[str, Any]:
 def cmd_crds(args: argparse.Namespace) -> int:
     from .api.crd import render_crds
 
+    if args.kind == "RLHFPipeline":
+        from .api.pipeline import render_pipeline_crd
+
+        sys.stdout.write(render_pipeline_crd())
+        return 0
     sys.stdout.write(render_crds())
     return 0
 
 
-def load_job(path: str) -> RLHFJob:
-    """The one RLHFJob of a manifest file, or exit 1 with its errors."""
+def load_job(path: str) -> Any:
+    """The one RLHFJob (or RLHFPipeline) of a manifest file, or exit 1 with its errors."""
     from .api.validation import validate_manifest
 
     jobs = [doc for doc in load_documents(path) if _is_rlhf_document(doc)]
@@ -135,6 +151,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     from rlhf_operator.render import RenderError, RenderOptions, render_job_objects
 
     job = load_job(args.file)
+    if job.kind != "RLHFJob":
+        print(f"{args.file}: rlhf render takes an RLHFJob; the operator renders each stage of an "
+              f"{job.kind} as an RLHFJob when the stage starts", file=sys.stderr)
+        return 1
     options = RenderOptions(default_image=args.image, namespace=args.namespace)
     try:
         layout = plan_layout(job.spec)
@@ -209,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("crds", help="print the CRDs")
+    p.add_argument("--kind", choices=["RLHFJob", "RLHFPipeline"], default="RLHFJob", help="which CRD")
     p.set_defaults(func=cmd_crds)
 
     p = sub.add_parser("render", help="print the Kubernetes objects the operator would create for a job")

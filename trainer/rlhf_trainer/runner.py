@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from .api.job import RLHFJob, TrainerConfig
+from .api.stages import is_offline
 from .api.validation import InvalidJobError, load_model
 from .engine.device import prepare_environment
 
@@ -69,6 +70,10 @@ class RunSummary:
 
 def run_manifest(job: RLHFJob, output_dir: str | None, backend: str, metrics_port: int) -> int:
     """`rlhf run`: the job on this machine (embedded Ray, or in-process with backend local)."""
+    if job.kind == "RLHFPipeline":
+        from .stages.pipeline import run_pipeline
+
+        return run_pipeline(job, output_dir, backend, metrics_port)
     config = TrainerConfig(
         job_name=job.metadata.name,
         namespace=job.metadata.namespace or "default",
@@ -116,6 +121,10 @@ def run_trainer(config: TrainerConfig) -> int:
     data, batch and checkpoint configuration errors raised on the driver after it) are
     `permanent`: the operator does not retry them."""
     _configure_logging()
+    if is_offline(config.spec.algorithm.name):
+        from .stages.runner import run_stage
+
+        return run_stage(config)
     use_gpu = any(r.gpus > 0 for r in (config.spec.models.actor, config.spec.models.critic,
                                         config.spec.models.reference) if r is not None)
     prepare_environment(use_gpu)

@@ -103,6 +103,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# RLHFPipeline: read and watched (kopf, resync), patched (kopf's progress annotations), its status
+# written; each stage's RLHFJob is created by the operator (owned by the pipeline).
+- apiGroups: ["rlhf.io"]
+  resources: ["rlhfpipelines"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["rlhf.io"]
+  resources: ["rlhfpipelines/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["rlhf.io"]
+  resources: ["rlhfpipelines/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["rlhf.io"]
+  resources: ["rlhfjobs"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* A job pod's scrape labels from the pod's own metadata: its namespace and its rlhf.io/job label. */}}

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .spec import RLHFJobSpec, RoleSpec
+from .stages import layout_view
 
 ACTOR, CRITIC, REFERENCE, ROLLOUT = "actor", "critic", "reference", "rollout"
 REWARD_MODEL_PREFIX = "reward_model_"
@@ -156,6 +157,7 @@ def reward_model_gpus(spec: RLHFJobSpec, index: int) -> int:
 
 def plan_roles(spec: RLHFJobSpec) -> JobLayout:
     """The layout of every role the job runs (defaults applied)."""
+    spec = layout_view(spec)  # an offline stage runs only its trained model's workers
     # The default reference is sized by the actor: errors about its GPUs name the actor's field.
     reference_field = "spec.models.reference.gpus" if spec.models.reference else "spec.models.actor.gpus"
     spec = with_defaults(spec)

@@ -32,8 +32,19 @@ from .kube import (
     VolumeMount,
     VolumeSource,
 )
+from .stages import (
+    ALGORITHM_STAGE_RULES,
+    OFFLINE_CEL,
+    DPOSpec,
+    KTOSpec,
+    RewardModelStageSpec,
+    is_offline,
+    stage_rules,
+)
 
-AlgorithmName = Literal["ppo", "grpo", "dr_grpo", "reinforce_pp", "reinforce_pp_baseline", "rloo", "grpovi"]
+AlgorithmName = Literal[
+    "ppo", "grpo", "dr_grpo", "reinforce_pp", "reinforce_pp_baseline", "rloo", "grpovi", "sft", "rm", "dpo", "kto"
+]
 ALGORITHMS: tuple[str, ...] = AlgorithmName.__args__  # type: ignore[attr-defined]
 # Estimators whose baseline comes from the other samples of the same prompt: no critic, n >= 2.
 GROUP_ALGORITHMS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "grpovi")
@@ -146,7 +157,8 @@ class RolloutCorrection(ApiModel):
 class AlgorithmSpec(ApiModel):
     name: AlgorithmName = Field(
         description="RL algorithm: ppo (GAE with a critic), grpo, dr_grpo, reinforce_pp, "
-        "reinforce_pp_baseline, rloo, grpovi (GRPO with reward variance increase, arXiv 2505.23247)."
+        "reinforce_pp_baseline, rloo, grpovi (GRPO with reward variance increase, arXiv 2505.23247); "
+        "or an offline stage: sft, rm (pairwise reward model), dpo (also ipo, conservative), kto."
     )
     samples_per_prompt: int = Field(
         default=1,
@@ -175,8 +187,13 @@ class AlgorithmSpec(ApiModel):
         description="Correction of the mismatch between the rollout engine's sampling probabilities "
         "and the trainer's (vllm engines). Default: tis with cap 2.",
     )
+    dpo: DPOSpec | None = Field(default=None, description="DPO/IPO/conservative DPO settings (dpo only).")
+    kto: KTOSpec | None = Field(default=None, description="KTO settings (kto only).")
+    reward_model: RewardModelStageSpec | None = Field(
+        default=None, description="Pairwise reward-model training settings (rm only)."
+    )
 
-    rules = (
+    rules = ALGORITHM_STAGE_RULES + (
         Rule(
             cel=f"!({_GROUP_CEL}.exists(a, a == self.name)) || self.samplesPerPrompt >= 2",
             message="must be >= 2 for group estimators (grpo, dr_grpo, rloo, reinforce_pp_baseline, grpovi)",
@@ -454,10 +471,10 @@ class ModelsSpec(ApiModel):
         "(as with colocate.actorReference). Set it to place the reference yourself.",
     )
     reward: list[RewardSource] = Field(
-        min_length=1,
+        default_factory=list,
         max_length=16,
-        description="Reward sources, summed with their weights. At least one; names unique (they key "
-        "the per-source metrics reward/<name>).",
+        description="Reward sources, summed with their weights. At least one (RL; none in offline stages); "
+        "names unique (they key the per-source metrics reward/<name>).",
     )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout (generation) engines.")
     colocate: Colocation = Field(default_factory=Colocation, description="Which models share GPUs.")
@@ -573,7 +590,32 @@ class PromptSource(ApiModel):
         default=None,
         min_length=1,
         max_length=256,
-        description="Column holding the label passed to reward functions.",
+        description="Column holding the label passed to reward functions (kto: the desirable/undesirable "
+        "boolean, default label).",
+    )
+    response_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="sft: column holding the target response (default response).",
+    )
+    chosen_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="rm, dpo: column holding the preferred response (default chosen).",
+    )
+    rejected_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="rm, dpo: column holding the dispreferred response (default rejected).",
+    )
+    completion_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="kto: column holding the completion (default completion).",
     )
     chat_template: bool = Field(
         default=False, description="Wrap the prompt with the tokenizer's chat template."
@@ -620,7 +662,8 @@ class TrainingSpec(ApiModel):
         default=DEFAULT_ROLLOUT_BATCH_SIZE,
         ge=1,
         le=1_000_000,
-        description=f"Prompts per rollout (one RL step). Default {DEFAULT_ROLLOUT_BATCH_SIZE}.",
+        description=f"Prompts per rollout (one RL step). Default {DEFAULT_ROLLOUT_BATCH_SIZE}. Not used by "
+        "offline stages.",
     )
     train_batch_size: int = Field(
         default=DEFAULT_TRAIN_BATCH_SIZE,
@@ -628,7 +671,8 @@ class TrainingSpec(ApiModel):
         le=1_000_000,
         description="Samples (completions) per optimizer step, over all data-parallel workers. One step "
         "makes rolloutBatchSize x samplesPerPrompt / trainBatchSize x epochs optimizer steps; it must divide "
-        f"rolloutBatchSize x samplesPerPrompt. Default {DEFAULT_TRAIN_BATCH_SIZE}.",
+        f"rolloutBatchSize x samplesPerPrompt. Default {DEFAULT_TRAIN_BATCH_SIZE}. Offline stages: examples "
+        "(rows or preference pairs) per optimizer step.",
     )
     micro_batch_size: int = Field(
         default=DEFAULT_MICRO_BATCH_SIZE,
@@ -639,7 +683,7 @@ class TrainingSpec(ApiModel):
         f"trainBatchSize. Default {DEFAULT_MICRO_BATCH_SIZE}.",
     )
     max_steps: int = Field(
-        default=DEFAULT_MAX_STEPS, ge=1, le=INT32_MAX, description=f"RL steps (rollouts) to run. Default {DEFAULT_MAX_STEPS}."
+        default=DEFAULT_MAX_STEPS, ge=1, le=INT32_MAX, description=f"RL steps (rollouts) to run; offline stages: optimizer steps. Default {DEFAULT_MAX_STEPS}."
     )
     actor_learning_rate: float = Field(default=1e-6, gt=0, description="Actor peak learning rate.")
     critic_learning_rate: float = Field(default=9e-6, gt=0, description="Critic peak learning rate.")
@@ -885,13 +929,14 @@ class RLHFJobSpec(ApiModel):
             ),
         ),
         Rule(
-            cel="(self.training.rolloutBatchSize * self.algorithm.samplesPerPrompt) "
-            "% self.training.trainBatchSize == 0",
+            cel=f"{OFFLINE_CEL}.exists(a, a == self.algorithm.name) || "
+            "(self.training.rolloutBatchSize * self.algorithm.samplesPerPrompt) % self.training.trainBatchSize == 0",
             message="must divide rolloutBatchSize x samplesPerPrompt (samples per rollout)",
             field="training.trainBatchSize",
             check=lambda s: (
-                (s.training.rollout_batch_size * s.algorithm.samples_per_prompt) % s.training.train_batch_size
+                is_offline(s.algorithm.name)
+                or (s.training.rollout_batch_size * s.algorithm.samples_per_prompt) % s.training.train_batch_size
                 == 0
             ),
         ),
-    )
+    ) + stage_rules()

@@ -54,6 +54,10 @@ def validate_manifest(doc: Any) -> tuple[RLHFJob | None, list[FieldError]]:
     """Parse one manifest. Returns the job (None when invalid) and the errors found."""
     if not isinstance(doc, dict):
         return None, [FieldError("(document)", "must be a mapping with apiVersion, kind, metadata, spec")]
+    if doc.get("kind") == "RLHFPipeline":
+        from .pipeline import validate_pipeline
+
+        return validate_pipeline(doc)  # type: ignore[return-value]
     if doc.get("apiVersion") != API_VERSION or doc.get("kind") != KIND:
         found = f"{doc.get('apiVersion')}/{doc.get('kind')}"
         return None, [FieldError("apiVersion/kind", f"must be {API_VERSION}/{KIND}, got {found}")]

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from .build import build_demo
+from .stages import build_stage_data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
     paths = build_demo(args.root, force=args.force)
+    build_stage_data(args.root, force=args.force)  # the offline stages' toy data (tiny-pipeline-cpu)
     print(f"demo model: {paths['model']}\ndemo prompts: {paths['prompts']}")
     return 0
 

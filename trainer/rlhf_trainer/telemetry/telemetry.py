@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from ..api.job import TrainerConfig
 from ..rewards.naming import reward_source_names
-from .plot import read_rows, write_curves
+from .plot import panels_for, read_rows, write_curves
 from .progress import ProgressDisplay
 from .prometheus import PrometheusExporter
 from .sinks import FileStatusSink, KubernetesStatusSink, NullStatusSink, StatusSink
@@ -129,7 +129,8 @@ class Telemetry:
         try:
             rows = read_rows(self.metrics_path)
             outcome = "" if success else " (failed)"
-            write_curves(rows, self.curves_path, title=f"{self.config.job_name} ({self.algorithm}){outcome}")
+            write_curves(rows, self.curves_path, title=f"{self.config.job_name} ({self.algorithm}){outcome}",
+                         panels=panels_for(self.algorithm))
         except Exception:
             # The plot is a convenience; its failure must not mask how training ended.
             log.exception("could not write %s", self.curves_path)

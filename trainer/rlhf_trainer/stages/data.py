@@ -1,0 +1,100 @@
+"""Examples of the offline stages, in a seeded order that a resumed run continues exactly.
+
+Each row's prompt is formatted as the RL prompts are (chat template, input template or as is);
+the other columns named by the stage's keys (response; chosen/rejected; completion/label) come
+with it as the example's `columns`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..api.spec import PromptSource
+from ..api.stages import STAGE_COLUMNS
+from ..data import PromptDataset
+from ..data.loading import DataConfigError, load_rows
+
+_ATTRIBUTE = {
+    "responseKey": "response_key",
+    "chosenKey": "chosen_key",
+    "rejectedKey": "rejected_key",
+    "completionKey": "completion_key",
+    "labelKey": "label_key",
+    "inputKey": "input_key",
+}
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    """The formatted prompt text."""
+    columns: dict[str, Any]
+    """The stage's other columns by their role: response, chosen, rejected, completion, label."""
+
+
+def stage_columns(stage: str, source: PromptSource) -> dict[str, tuple[str, str]]:
+    """{role: (wire key, column name)} of the columns `stage` reads besides the prompt."""
+    out = {}
+    for key, default in STAGE_COLUMNS[stage]:
+        if key == "inputKey":
+            continue
+        role = key.removesuffix("Key")
+        out[role] = (key, getattr(source, _ATTRIBUTE[key]) or default)
+    return out
+
+
+class ExampleDataset(PromptDataset):
+    """A PromptDataset whose rows carry the stage's columns; `next_examples(n)` serves them."""
+
+    def __init__(
+        self, stage: str, source: PromptSource, tokenizer: Any, seed: int, shuffle: bool, field: str
+    ) -> None:
+        super().__init__(source, tokenizer, max_prompt_length=0, seed=seed, shuffle=shuffle, field=field)
+        self.stage = stage
+        self.columns = stage_columns(stage, source)
+
+    def _load(self) -> None:
+        if self._inputs is not None:
+            return
+        src = self.source
+        if src.chat_template and (
+            self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None)
+        ):
+            raise DataConfigError(
+                f"{self.field}.chatTemplate: the tokenizer has no chat template; "
+                "set chatTemplate: false (optionally with an inputTemplate)"
+            )
+        rows = load_rows(src, self.field)
+        names = list(rows.column_names)
+        for key, column in [("inputKey", src.input_key), *self.columns.values()]:
+            if column not in names:
+                raise DataConfigError(
+                    f"{self.field}.{key}: column '{column}' not found; "
+                    f"columns: {', '.join(names) or '(none)'}"
+                )
+        if len(rows) == 0:
+            raise DataConfigError(f"{self.field}: no rows in {src.path or src.dataset}")
+        if src.max_samples is not None and src.max_samples < len(rows):
+            rows = rows.select(range(src.max_samples))
+        self._inputs = list(rows[src.input_key])
+        values = {role: list(rows[column]) for role, (_, column) in self.columns.items()}
+        self._labels = [{role: values[role][i] for role in values} for i in range(len(self._inputs))]
+        for role, (key, column) in self.columns.items():
+            expected = bool if role == "label" else str
+            bad = next((i for i, v in enumerate(values[role]) if not isinstance(v, expected)), None)
+            if bad is not None:
+                raise DataConfigError(
+                    f"{self.field}.{key}: row {bad} column '{column}' holds "
+                    f"{type(values[role][bad]).__name__}, expected {expected.__name__}"
+                )
+        self.format(self._inputs[0], 0)
+
+    def next_examples(self, n: int) -> list[Example]:
+        return [Example(prompt=p.text, columns=p.label) for p in self.next_batch(n)]
+
+    def all_examples(self) -> list[Example]:
+        """Every row once, in file order (evaluation)."""
+        self._load()
+        assert self._inputs is not None and self._labels is not None
+        return [Example(self.format(raw, i), self._labels[i]) for i, raw in enumerate(self._inputs)]
