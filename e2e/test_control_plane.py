@@ -198,8 +198,9 @@ def test_the_api_server_reports_every_broken_rule_at_once_as_rlhf_validate_does(
         assert re.search(rf"\* {re.escape(field)}: Invalid value", dry.stderr), (field, dry.stderr)
     path = tmp_path / "mistakes.yaml"
     path.write_text(RULE_MISTAKES)
-    local = subprocess.run([sys.executable, "-m", "rlhf_trainer.cli", "validate", str(path)], capture_output=True,
-                           text=True)
+    local = subprocess.run(
+        [sys.executable, "-m", "rlhf_trainer.cli", "validate", str(path)], capture_output=True, text=True
+    )
     assert local.returncode == 1
     assert sorted(line.split(": ", 1)[0] for line in local.stderr.splitlines()) == sorted(fields)
 

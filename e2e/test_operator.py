@@ -212,7 +212,13 @@ class Operators:
                               "verbs": [v for v in rule["verbs"] if v != verb]})  # fmt: skip
             else:
                 rules.append(rule)
-        rules.append({"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate", "bind"]})
+        rules.append(
+            {
+                "apiGroups": ["rbac.authorization.k8s.io"],
+                "resources": ["roles"],
+                "verbs": ["escalate", "bind"],
+            }
+        )
         name = f"{self.release}-no-{verb}-{plural.replace('/', '-')}"
         self.limited.append(name)
         self.kubectl.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
@@ -233,7 +239,9 @@ class Operators:
         metrics_port, liveness_port = free_port(), free_port()
         log_path = self.workdir / f"operator-{len(self.started)}.log"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_OPERATOR_")}
-        environment.update(KUBECONFIG=str(kubeconfig or self.kubeconfig), RLHF_OPERATOR_RESYNC_SECONDS="2", **env)
+        environment.update(
+            KUBECONFIG=str(kubeconfig or self.kubeconfig), RLHF_OPERATOR_RESYNC_SECONDS="2", **env
+        )
         if managed_by:
             environment["RLHF_OPERATOR_RAYJOB_MANAGED_BY"] = managed_by
         with open(log_path, "wb") as out:
@@ -243,7 +251,9 @@ class Operators:
                  "--trainer-image", IMAGE],
                 stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=REPO,
             )  # fmt: skip
-        operator = OperatorProcess(proc, log_path, metrics_port, liveness_port, limited=kubeconfig is not None)
+        operator = OperatorProcess(
+            proc, log_path, metrics_port, liveness_port, limited=kubeconfig is not None
+        )
         self.started.append(operator)
         if wait:
             eventually(lambda: operator.healthy() or proc.poll() is not None, 60, "the operator's /healthz")
@@ -645,7 +655,9 @@ def test_operator_killed_mid_reconcile_never_duplicates_or_loses_a_rayjob(operat
     # step needs: it does everything before that step, then retries it (a 403 from RBAC is the
     # operator's configuration, never the job's fault) until it is killed there.
     # 1. Killed right after creating the first RayJob, before writing the status.
-    first = operators.start(namespace, kubeconfig=operators.limited_kubeconfig("rlhf.io/rlhfjobs/status", "patch"))
+    first = operators.start(
+        namespace, kubeconfig=operators.limited_kubeconfig("rlhf.io/rlhfjobs/status", "patch")
+    )
     kubectl.apply(example("grpo-qwen2.5-7b-math", "crash", backoffLimit=2), namespace=namespace)
     eventually(lambda: rayjob_names(api, namespace) == ["crash-a0"], 30, "RayJob crash-a0")
     eventually(lambda: "Forbidden" in first.log(), 30, "the operator to be denied the status write")

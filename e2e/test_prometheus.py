@@ -209,8 +209,12 @@ def unreachable_webhook(name: str, namespace: str, job: str) -> dict[str, Any]:
                 "name": "blocked.rlhf.e2e",
                 "clientConfig": {"url": "https://127.0.0.1:1/validate"},
                 "rules": [
-                    {"apiGroups": ["ray.io"], "apiVersions": ["v1"], "operations": ["CREATE"],
-                     "resources": ["rayjobs"]}
+                    {
+                        "apiGroups": ["ray.io"],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["rayjobs"],
+                    }
                 ],  # fmt: skip
                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
                 "objectSelector": {"matchLabels": {"rlhf.io/job": job}},

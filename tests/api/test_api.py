@@ -193,7 +193,11 @@ def test_crd_carries_bounds_enums_patterns_and_rules() -> None:
     assert "minItems" not in reward and reward["maxItems"] == 16  # RL needs >= 1 (a rule), stages none
     assert reward["items"]["properties"]["function"]["pattern"].endswith(":[A-Za-z_][A-Za-z0-9_]*$")
     assert any("has(self.models.critic)" in r["rule"] for r in spec["x-kubernetes-validations"])
-    assert spec["properties"]["algorithm"]["properties"]["kl"]["default"] == {"coef": 0.001, "estimator": "k1", "asLoss": False}
+    assert spec["properties"]["algorithm"]["properties"]["kl"]["default"] == {
+        "coef": 0.001,
+        "estimator": "k1",
+        "asLoss": False,
+    }
 
 
 def test_defaults_match_between_crd_and_models() -> None:

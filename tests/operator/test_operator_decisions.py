@@ -424,7 +424,12 @@ def test_a_retryable_trainer_failure_restarts_and_says_why():
     body = job_body(backoffLimit=3)
     first = plan(body)
     body = applied(body, first)
-    body["status"]["failure"] = {"attempt": 0, "permanent": False, "reason": "RewardServerDown", "message": "503"}
+    body["status"]["failure"] = {
+        "attempt": 0,
+        "permanent": False,
+        "reason": "RewardServerDown",
+        "message": "503",
+    }
     result = plan(body, [failed_attempt(first)])
     assert result.create_rayjob["metadata"]["name"] == "grpo-qwen-math-a1"
     assert "RewardServerDown: 503" in result.status["message"]

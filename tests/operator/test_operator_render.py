@@ -208,9 +208,7 @@ def test_nfs_checkpoint_volume_mounts_at_the_checkpoint_path():
 def test_secrets_are_passed_by_reference_on_every_container_and_never_by_value():
     doc = with_spec(
         "grpo-qwen2.5-7b-math",
-        {
-            "secrets": {"hfToken": {"name": "hf", "key": "token"}}
-        },
+        {"secrets": {"hfToken": {"name": "hf", "key": "token"}}},
     )
     objects = render(job_from(doc))
     rayjob = by_kind(objects)["RayJob"]

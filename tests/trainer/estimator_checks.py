@@ -27,5 +27,10 @@ def check_run(doc: dict, output: Path, model: str, backend: str) -> list[dict]:
 
 
 def with_checkpoint(doc: dict, tmp_path: Path) -> dict:
-    doc["spec"]["checkpoint"] = {"path": str(tmp_path / "ckpt"), "everySteps": 2, "keep": 1, "resume": "never"}
+    doc["spec"]["checkpoint"] = {
+        "path": str(tmp_path / "ckpt"),
+        "everySteps": 2,
+        "keep": 1,
+        "resume": "never",
+    }
     return doc

@@ -34,8 +34,9 @@ def crash_after(prompts, completions, labels):
 '''
 
 
-def manifest(model: str, prompts: str, algorithm: str = "grpo", overrides: dict[str, Any] | None = None
-             ) -> dict[str, Any]:
+def manifest(
+    model: str, prompts: str, algorithm: str = "grpo", overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A tiny job: 2 prompts x 2 samples, 4 new tokens, 2 steps, CPU, ZeRO 0; `overrides` are
     deep-merged into the spec (wire keys)."""
     role = {"model": model, "gpus": 0, "zeroStage": 0, "precision": "fp32"}
@@ -48,8 +49,13 @@ def manifest(model: str, prompts: str, algorithm: str = "grpo", overrides: dict[
         },
         "data": {"prompts": {"path": prompts, "inputKey": "prompt", "labelKey": "answer"}},
         "training": {
-            "rolloutBatchSize": 2, "trainBatchSize": 4, "microBatchSize": 2, "maxSteps": 2,
-            "actorLearningRate": 1e-3, "criticLearningRate": 1e-3, "seed": 3,
+            "rolloutBatchSize": 2,
+            "trainBatchSize": 4,
+            "microBatchSize": 2,
+            "maxSteps": 2,
+            "actorLearningRate": 1e-3,
+            "criticLearningRate": 1e-3,
+            "seed": 3,
         },
         "generation": {"maxPromptLength": 16, "maxNewTokens": 4},
     }
@@ -86,10 +92,14 @@ def metrics(output: Path) -> list[dict[str, Any]]:
 def hf_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForCausalLM
 
-    return {k: v.detach().clone() for k, v in AutoModelForCausalLM.from_pretrained(str(path)).state_dict().items()}
+    return {
+        k: v.detach().clone() for k, v in AutoModelForCausalLM.from_pretrained(str(path)).state_dict().items()
+    }
 
 
 def trainable_names(path: str | os.PathLike) -> list[str]:
     from transformers import AutoModelForCausalLM
 
-    return [n for n, p in AutoModelForCausalLM.from_pretrained(str(path)).named_parameters() if p.requires_grad]
+    return [
+        n for n, p in AutoModelForCausalLM.from_pretrained(str(path)).named_parameters() if p.requires_grad
+    ]

@@ -27,12 +27,12 @@ def test_batch_plan_counts_optimizer_steps_and_accumulation() -> None:
         training={"rolloutBatchSize": 16, "trainBatchSize": 32, "microBatchSize": 4, "maxSteps": 10},
     )
     plan = plan_batches(s, data_parallel=2)
-    assert plan.samples_per_step == 128                   # 16 prompts x 8 samples
-    assert plan.optimizer_steps_per_epoch == 4            # 128 / 32
-    assert plan.optimizer_steps_per_step == 8             # x 2 epochs
-    assert plan.gradient_accumulation == 4                # 32 / (4 micro x 2 workers)
-    assert plan.micro_batches_per_step == 32              # per worker: 8 steps x 4 micro batches
-    assert plan.total_optimizer_steps == 80               # 8 x 10 RL steps
+    assert plan.samples_per_step == 128  # 16 prompts x 8 samples
+    assert plan.optimizer_steps_per_epoch == 4  # 128 / 32
+    assert plan.optimizer_steps_per_step == 8  # x 2 epochs
+    assert plan.gradient_accumulation == 4  # 32 / (4 micro x 2 workers)
+    assert plan.micro_batches_per_step == 32  # per worker: 8 steps x 4 micro batches
+    assert plan.total_optimizer_steps == 80  # 8 x 10 RL steps
     assert not plan.single_update
 
 
@@ -58,8 +58,8 @@ def test_shards_split_every_train_batch_over_the_workers() -> None:
 def test_learning_rate_warmup_then_cosine_to_the_floor() -> None:
     s = spec(training={"lrSchedule": "cosine", "warmupRatio": 0.2, "minLrRatio": 0.1})
     t = s.training
-    assert [lr_multiplier(i, 10, t) for i in range(2)] == [0.5, 1.0]       # 2 warmup steps
-    assert lr_multiplier(2, 10, t) == pytest.approx(1.0)                    # cosine starts at the peak
+    assert [lr_multiplier(i, 10, t) for i in range(2)] == [0.5, 1.0]  # 2 warmup steps
+    assert lr_multiplier(2, 10, t) == pytest.approx(1.0)  # cosine starts at the peak
     assert lr_multiplier(6, 10, t) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lr_multiplier(10, 10, t) == pytest.approx(0.1)
     constant = spec(training={"lrSchedule": "constant"}).training
@@ -73,7 +73,11 @@ def test_deepspeed_config_follows_the_role_and_training_spec() -> None:
     )
     plan = plan_batches(s, data_parallel=2)
     gpu = deepspeed_config(s.models.actor, s.training, plan, use_gpu=True)
-    assert (gpu["train_batch_size"], gpu["train_micro_batch_size_per_gpu"], gpu["gradient_accumulation_steps"]) == (8, 2, 2)
+    assert (
+        gpu["train_batch_size"],
+        gpu["train_micro_batch_size_per_gpu"],
+        gpu["gradient_accumulation_steps"],
+    ) == (8, 2, 2)
     assert gpu["gradient_clipping"] == 0.5
     assert gpu["zero_optimization"]["stage"] == 2
     assert gpu["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
@@ -97,8 +101,10 @@ def test_placement_colocates_actor_and_reference_on_shared_gpus() -> None:
     s = spec(
         algorithm={"kl": {"coef": 0.01}},
         models={
-            "actor": {"gpus": 2}, "reference": {"model": "/m", "gpus": 2},
-            "colocate": {"actorReference": True}, "rollout": {"engine": "hf", "engines": 1},
+            "actor": {"gpus": 2},
+            "reference": {"model": "/m", "gpus": 2},
+            "colocate": {"actorReference": True},
+            "rollout": {"engine": "hf", "engines": 1},
         },
     )
     plan = plan_placement(s, cpus=8)
@@ -109,10 +115,14 @@ def test_placement_colocates_actor_and_reference_on_shared_gpus() -> None:
 
 
 def test_placement_of_a_cpu_job_fits_the_cpus_ray_has() -> None:
-    s = spec(algorithm={"name": "ppo"}, models={
-        "critic": {"model": "/m", "gpus": 0}, "rollout": {"engine": "hf", "engines": 1},
-        "reward": [{"model": "/rm"}, {"function": "tiny_rewards:varied"}],
-    })
+    s = spec(
+        algorithm={"name": "ppo"},
+        models={
+            "critic": {"model": "/m", "gpus": 0},
+            "rollout": {"engine": "hf", "engines": 1},
+            "reward": [{"model": "/rm"}, {"function": "tiny_rewards:varied"}],
+        },
+    )
     plan = plan_placement(s, cpus=2)
     # actor, critic, rollout, reward model 0: four CPU bundles of half a CPU, no GPU anywhere.
     assert plan.bundles == ({"CPU": 0.5},) * 4

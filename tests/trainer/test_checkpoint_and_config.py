@@ -44,8 +44,14 @@ def test_resume_from_overrides_the_spec_and_must_be_complete(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_train_config_file_runs_the_job(demo_assets: dict, tiny_rewards: str, tmp_path: Path) -> None:
     doc = manifest(demo_assets["model"], demo_assets["prompts"], "grpo", {"training": {"maxSteps": 1}})
-    config = {"jobName": "tiny", "namespace": "team-a", "spec": doc["spec"], "outputDir": str(tmp_path / "out"),
-              "statusSink": "file", "backend": "local"}
+    config = {
+        "jobName": "tiny",
+        "namespace": "team-a",
+        "spec": doc["spec"],
+        "outputDir": str(tmp_path / "out"),
+        "statusSink": "file",
+        "backend": "local",
+    }
     path = tmp_path / "trainer.yaml"
     path.write_text(yaml.safe_dump(config))
     assert run_config_file(str(path)) == 0

@@ -45,8 +45,9 @@ def test_generation_logprobs_match_the_training_forward(demo_assets: dict[str, s
     tokenizer = load_tokenizer(demo_assets["model"])
     model = AutoModelForCausalLM.from_pretrained(demo_assets["model"]).eval()
     spec = GenerationSpec(max_prompt_length=32, max_new_tokens=6, temperature=0.7)
-    engine = HFGenerationEngine(model, spec, eos_token_ids(tokenizer, model), tokenizer.pad_token_id,
-                                torch.device("cpu"))
+    engine = HFGenerationEngine(
+        model, spec, eos_token_ids(tokenizer, model), tokenizer.pad_token_id, torch.device("cpu")
+    )
     prompts = tokenizer(["say a", "repeat the letter b", "c"])["input_ids"]
     out = engine.generate(prompts)
 
@@ -63,16 +64,21 @@ def test_generation_logprobs_match_the_training_forward(demo_assets: dict[str, s
         tokens = torch.tensor(prompts[row] + batch.response_ids[row, :n].tolist()).unsqueeze(0)
         with torch.no_grad():
             logits = model(input_ids=tokens).logits[0, len(prompts[row]) - 1 : -1] / 0.7
-        expected = torch.log_softmax(logits, -1).gather(-1, tokens[0, len(prompts[row]):].unsqueeze(-1)).squeeze(-1)
+        expected = (
+            torch.log_softmax(logits, -1).gather(-1, tokens[0, len(prompts[row]) :].unsqueeze(-1)).squeeze(-1)
+        )
         torch.testing.assert_close(logprobs[row, :n], expected, atol=1e-5, rtol=1e-5)
     assert entropy is not None and bool((entropy[mask] > 0).all())
 
 
 def test_merge_outputs_carries_sampling_logprobs_and_empty_parts() -> None:
     a = GenerationOutput(torch.tensor([[1, 2, 9]]), torch.tensor([[1, 1, 1]]), 2, torch.tensor([[-0.5]]))
-    b = GenerationOutput(torch.tensor([[3, 8, 8]]), torch.tensor([[1, 1, 1]]), 1, torch.tensor([[-1.0, -2.0]]))
-    empty = GenerationOutput(torch.zeros((0, 2), dtype=torch.long), torch.zeros((0, 2), dtype=torch.long), 1,
-                             torch.zeros((0, 1)))
+    b = GenerationOutput(
+        torch.tensor([[3, 8, 8]]), torch.tensor([[1, 1, 1]]), 1, torch.tensor([[-1.0, -2.0]])
+    )
+    empty = GenerationOutput(
+        torch.zeros((0, 2), dtype=torch.long), torch.zeros((0, 2), dtype=torch.long), 1, torch.zeros((0, 1))
+    )
     merged = merge_outputs([a, empty, b], pad_id=0)
     assert merged.input_ids.tolist() == [[1, 2, 9, 0], [0, 3, 8, 8]]
     assert merged.logprobs is not None and merged.logprobs.tolist() == [[-0.5, 0.0], [-1.0, -2.0]]

@@ -17,12 +17,22 @@ pytestmark = pytest.mark.slow
 def resumable(demo_assets: dict, checkpoints: Path) -> dict:
     # Cosine schedule with warmup, shuffled data, 2 optimizer steps per rollout: everything a
     # resume has to restore (weights, Adam moments, LR step, data position, sampling RNG).
-    return manifest(demo_assets["model"], demo_assets["prompts"], "grpo", {
-        "models": {"reward": [{"function": "tiny_rewards:crash_after"}]},
-        "training": {"maxSteps": 4, "rolloutBatchSize": 4, "trainBatchSize": 4, "lrSchedule": "cosine",
-                     "warmupRatio": 0.25},
-        "checkpoint": {"path": str(checkpoints), "everySteps": 2, "keep": 3, "resume": "auto"},
-    })
+    return manifest(
+        demo_assets["model"],
+        demo_assets["prompts"],
+        "grpo",
+        {
+            "models": {"reward": [{"function": "tiny_rewards:crash_after"}]},
+            "training": {
+                "maxSteps": 4,
+                "rolloutBatchSize": 4,
+                "trainBatchSize": 4,
+                "lrSchedule": "cosine",
+                "warmupRatio": 0.25,
+            },
+            "checkpoint": {"path": str(checkpoints), "everySteps": 2, "keep": 3, "resume": "auto"},
+        },
+    )
 
 
 @pytest.fixture(scope="module")

@@ -46,21 +46,31 @@ def reward_server() -> Iterator[tuple[str, list[int]]]:
 
 
 def test_model_url_and_function_rewards_in_one_ray_run(
-    demo_assets: dict, tiny_rewards: str, reward_model_dir: str, reward_server: tuple[str, list[int]],
-    ray_cluster: None, tmp_path: Path, output: Path,
+    demo_assets: dict,
+    tiny_rewards: str,
+    reward_model_dir: str,
+    reward_server: tuple[str, list[int]],
+    ray_cluster: None,
+    tmp_path: Path,
+    output: Path,
 ) -> None:
     url, sizes = reward_server
-    doc = manifest(demo_assets["model"], demo_assets["prompts"], "grpo", {
-        "models": {
-            "actor": {"zeroStage": 2},
-            "rollout": {"engine": "hf", "engines": 1},
-            "reward": [
-                {"name": "rm", "model": reward_model_dir, "gpus": 0, "weight": 0.5},
-                {"name": "remote", "url": url, "weight": 2.0, "timeoutSeconds": 10},
-                {"name": "fn", "function": "tiny_rewards:varied", "weight": 1.0},
-            ],
+    doc = manifest(
+        demo_assets["model"],
+        demo_assets["prompts"],
+        "grpo",
+        {
+            "models": {
+                "actor": {"zeroStage": 2},
+                "rollout": {"engine": "hf", "engines": 1},
+                "reward": [
+                    {"name": "rm", "model": reward_model_dir, "gpus": 0, "weight": 0.5},
+                    {"name": "remote", "url": url, "weight": 2.0, "timeoutSeconds": 10},
+                    {"name": "fn", "function": "tiny_rewards:varied", "weight": 1.0},
+                ],
+            },
         },
-    })
+    )
     rows = check_run(with_checkpoint(doc, tmp_path), output, demo_assets["model"], "ray")
     assert sizes == [4, 4]  # one request per step with all 2 x 2 completions
     for row in rows:

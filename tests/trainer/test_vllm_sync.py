@@ -44,8 +44,8 @@ class Setup:
 
     def train_once(self) -> dict[str, float]:
         """One real actor update on completions the engines sampled (random advantages)."""
-        from rlhf_trainer.rollout_batch import RolloutBatch
         from rlhf_trainer.generation import merge_outputs
+        from rlhf_trainer.rollout_batch import RolloutBatch
 
         prompts = [seq[:3] for seq in self.sequences] * 2
         outputs = self.backend.get(self.roles.rollout.call_each("generate", [(prompts[:4],), (prompts[4:],)]))

@@ -150,8 +150,15 @@ def test_record_failure_keeps_the_status_already_written(tmp_path) -> None:
     record_failure_in(FileStatusSink(str(path)), 1, permanent=False, reason="TrainingFailed", message="boom")
     stored = json.loads(path.read_text())
     assert stored["progress"] == {"step": 3}
-    assert stored["failure"] == {"attempt": 1, "permanent": False, "reason": "TrainingFailed", "message": "boom"}
+    assert stored["failure"] == {
+        "attempt": 1,
+        "permanent": False,
+        "reason": "TrainingFailed",
+        "message": "boom",
+    }
 
-    located = sink_from_raw_config({"jobName": "j", "statusSink": "file", "outputDir": str(tmp_path), "attempt": 4})
+    located = sink_from_raw_config(
+        {"jobName": "j", "statusSink": "file", "outputDir": str(tmp_path), "attempt": 4}
+    )
     assert located is not None and isinstance(located[0], FileStatusSink) and located[1] == 4
     assert sink_from_raw_config({"spec": {}}) is None

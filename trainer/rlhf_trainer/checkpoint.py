@@ -91,7 +91,9 @@ class Checkpointer:
     def due(self, step: int) -> bool:
         return step % self.spec.every_steps == 0 or step == self.max_steps
 
-    def save(self, step: int, roles: Roles, backend: Backend, trainer_state: dict[str, Any]) -> SavedCheckpoint:
+    def save(
+        self, step: int, roles: Roles, backend: Backend, trainer_state: dict[str, Any]
+    ) -> SavedCheckpoint:
         path = step_directory(self.root, step)
         if os.path.exists(path):  # a leftover of an interrupted save of the same step
             shutil.rmtree(path)

@@ -62,7 +62,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         valid = 0
         for index, doc in jobs:
             job, errors = validate_manifest(doc)
-            if job is not None:  # pod packing, then the platform policy (the chart's defaults unless --policy)
+            if (
+                job is not None
+            ):  # pod packing, then the platform policy (the chart's defaults unless --policy)
                 errors = []
                 for prefix, spec in _job_specs(job):  # a pipeline: each stage's spec
                     found = layout_errors(spec)
@@ -152,8 +154,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     job = load_job(args.file)
     if job.kind != "RLHFJob":
-        print(f"{args.file}: rlhf render takes an RLHFJob; the operator renders each stage of an "
-              f"{job.kind} as an RLHFJob when the stage starts", file=sys.stderr)
+        print(
+            f"{args.file}: rlhf render takes an RLHFJob; the operator renders each stage of an "
+            f"{job.kind} as an RLHFJob when the stage starts",
+            file=sys.stderr,
+        )
         return 1
     options = RenderOptions(default_image=args.image, namespace=args.namespace)
     try:
@@ -162,7 +167,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     except RenderError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    heading = [f"Layout of {job.metadata.name}: where each model runs and the GPUs its pods request", *layout.describe()]
+    heading = [
+        f"Layout of {job.metadata.name}: where each model runs and the GPUs its pods request",
+        *layout.describe(),
+    ]
     if args.layout:
         sys.stdout.write("\n".join(heading) + "\n")
         return 0

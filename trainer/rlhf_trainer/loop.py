@@ -32,7 +32,6 @@ from .telemetry.keys import TIMING_PHASES
 log = logging.getLogger(__name__)
 
 
-
 def advantage_config(algorithm: AlgorithmSpec) -> AdvantageConfig:
     reward_range = algorithm.reward_range
     return AdvantageConfig(
@@ -142,13 +141,21 @@ class RLLoop:
         with timer("advantage"):
             kl = None
             if self.kl_in_reward:
-                kl = kl_penalty(tensors["old_logprobs"], tensors["ref_logprobs"], self.spec.algorithm.kl.estimator, mask)
+                kl = kl_penalty(
+                    tensors["old_logprobs"], tensors["ref_logprobs"], self.spec.algorithm.kl.estimator, mask
+                )
                 metrics["kl/mean"] = float(masked_mean(kl, mask))
             advantages = self.estimator(
-                rewards, mask, samples_per_prompt=n, config=self.advantage_config, kl=kl,
+                rewards,
+                mask,
+                samples_per_prompt=n,
+                config=self.advantage_config,
+                kl=kl,
                 values=tensors.get("values"),
             )
-            batch = batch.with_tensors(**tensors, advantages=advantages.advantages, returns=advantages.returns)
+            batch = batch.with_tensors(
+                **tensors, advantages=advantages.advantages, returns=advantages.returns
+            )
         metrics.update({key: float(value) for key, value in advantages.metrics.items()})
         metrics.update(self._train(batch, timer))
         with timer("weight_sync"):
@@ -159,7 +166,9 @@ class RLLoop:
         metrics.update(self._reward_metrics(rewards, scored.per_source, mask))
         if self.checkpointer is not None and self.checkpointer.due(step):
             with timer("checkpoint"):
-                saved = self.checkpointer.save(step, self.roles, self.backend, {"data": self.dataset.state_dict()})
+                saved = self.checkpointer.save(
+                    step, self.roles, self.backend, {"data": self.dataset.state_dict()}
+                )
             result.checkpoints.append(saved)
             self.telemetry.checkpoint_saved(saved.step, saved.path, saved.hf_path)
         if self.eval_dataset is not None and step % self.spec.training.eval_every_steps == 0:
@@ -175,9 +184,9 @@ class RLLoop:
     # ---------------------------------------------------------------- phases
 
     def _generate(self, prompts: list[Prompt], n: int) -> GenerationOutput:
-        encoded = self.tokenizer(
-            [p.text for p in prompts], add_special_tokens=self.add_special_tokens
-        )["input_ids"]
+        encoded = self.tokenizer([p.text for p in prompts], add_special_tokens=self.add_special_tokens)[
+            "input_ids"
+        ]
         repeated = [ids for ids in encoded for _ in range(n)]
         group = self.roles.generator
         chunks = even_ranges(len(repeated), group.size)
@@ -233,10 +242,13 @@ class RLLoop:
     def _train_shards(self, group: RoleGroup, batch: RolloutBatch) -> list[Any]:
         if group.size == 1:
             return group.call("train", batch)
-        return group.call_each("train", [
-            (select_rows(batch, shard_rows(batch.size, self.plan.train_batch_size, rank, group.size)),)
-            for rank in range(group.size)
-        ])
+        return group.call_each(
+            "train",
+            [
+                (select_rows(batch, shard_rows(batch.size, self.plan.train_batch_size, rank, group.size)),)
+                for rank in range(group.size)
+            ],
+        )
 
     def _train(self, batch: RolloutBatch, timer: PhaseTimer) -> dict[str, float]:
         clock = self._phase_clock()
@@ -261,8 +273,9 @@ class RLLoop:
         self.backend.get(self.roles.rollout.call("update_weights", self.backend.put(weights)))
         self.weight_sync_bytes = sum(t.numel() * t.element_size() for t in weights.values())
 
-    def _reward_metrics(self, rewards: torch.Tensor, per_source: dict[str, list[float]],
-                        mask: torch.Tensor) -> dict[str, float]:
+    def _reward_metrics(
+        self, rewards: torch.Tensor, per_source: dict[str, list[float]], mask: torch.Tensor
+    ) -> dict[str, float]:
         metrics = {
             "reward/mean": float(rewards.mean()),
             "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
@@ -278,7 +291,9 @@ class RLLoop:
         self.eval_dataset.load_state_dict({"epoch": 0, "position": 0})
         prompts = self.eval_dataset.next_batch(self.eval_dataset.num_rows)
         batch = RolloutBatch.from_generation(self._generate(prompts, 1))
-        scored = self.rewards.score([p.text for p in prompts], self._decode(batch), [p.label for p in prompts])
+        scored = self.rewards.score(
+            [p.text for p in prompts], self._decode(batch), [p.label for p in prompts]
+        )
         return {
             "eval/reward/mean": sum(scored.total) / len(scored.total),
             "eval/response_length/mean": float(batch.response_mask.sum(dim=-1).float().mean()),

@@ -41,11 +41,7 @@ class Prepared:
 def _is_local(path: str) -> bool:
     """A filesystem path rather than a hub id (`org/name`): absolute, relative with a dot or
     several components, or simply present here."""
-    return (
-        path.startswith(("/", ".", "~"))
-        or path.count("/") > 1
-        or os.path.exists(path)
-    )
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.path.exists(path)
 
 
 def absolute_paths(spec: RLHFJobSpec) -> RLHFJobSpec:
@@ -55,20 +51,30 @@ def absolute_paths(spec: RLHFJobSpec) -> RLHFJobSpec:
         return os.path.abspath(os.path.expanduser(path)) if path is not None and _is_local(path) else path
 
     def role(r: RoleSpec | None) -> RoleSpec | None:
-        return None if r is None else r.model_copy(update={"model": fix(r.model), "tokenizer": fix(r.tokenizer)})
+        return (
+            None if r is None else r.model_copy(update={"model": fix(r.model), "tokenizer": fix(r.tokenizer)})
+        )
 
-    models = spec.models.model_copy(update={
-        "actor": role(spec.models.actor),
-        "critic": role(spec.models.critic),
-        "reference": role(spec.models.reference),
-        "reward": [s.model_copy(update={"model": fix(s.model)}) for s in spec.models.reward],
-    })
-    data = spec.data.model_copy(update={
-        "prompts": spec.data.prompts.model_copy(update={"path": fix(spec.data.prompts.path)}),
-        "eval": None if spec.data.eval is None else spec.data.eval.model_copy(update={"path": fix(spec.data.eval.path)}),
-    })
-    checkpoint = None if spec.checkpoint is None else spec.checkpoint.model_copy(
-        update={"path": os.path.abspath(spec.checkpoint.path)}
+    models = spec.models.model_copy(
+        update={
+            "actor": role(spec.models.actor),
+            "critic": role(spec.models.critic),
+            "reference": role(spec.models.reference),
+            "reward": [s.model_copy(update={"model": fix(s.model)}) for s in spec.models.reward],
+        }
+    )
+    data = spec.data.model_copy(
+        update={
+            "prompts": spec.data.prompts.model_copy(update={"path": fix(spec.data.prompts.path)}),
+            "eval": None
+            if spec.data.eval is None
+            else spec.data.eval.model_copy(update={"path": fix(spec.data.eval.path)}),
+        }
+    )
+    checkpoint = (
+        None
+        if spec.checkpoint is None
+        else spec.checkpoint.model_copy(update={"path": os.path.abspath(spec.checkpoint.path)})
     )
     return spec.model_copy(update={"models": models, "data": data, "checkpoint": checkpoint})
 
@@ -79,7 +85,9 @@ def _check_model_path(path: str, field: str, errors: list[FieldError]) -> bool:
             errors.append(FieldError(field, f"{path} does not exist"))
             return False
         if not os.path.isfile(os.path.join(path, "config.json")):
-            errors.append(FieldError(field, f"{path} has no config.json (not a transformers model directory)"))
+            errors.append(
+                FieldError(field, f"{path} has no config.json (not a transformers model directory)")
+            )
             return False
         return True
     try:
@@ -99,8 +107,13 @@ def _check_devices(spec: RLHFJobSpec, backend: str, errors: list[FieldError]) ->
         for name, (workers, _) in roles.items():
             if workers > 1:
                 field = layout[name].field
-                errors.append(FieldError(field, f"the local backend runs one worker per role, {name} needs "
-                                                f"{workers}: use the ray backend"))
+                errors.append(
+                    FieldError(
+                        field,
+                        f"the local backend runs one worker per role, {name} needs "
+                        f"{workers}: use the ray backend",
+                    )
+                )
     if spec.models.rollout.engine == "vllm":
         _check_vllm(spec, backend, errors)
     wanted = sum(workers * gpus for workers, gpus in roles.values())
@@ -109,14 +122,25 @@ def _check_devices(spec: RLHFJobSpec, backend: str, errors: list[FieldError]) ->
 
         available = torch.cuda.device_count()
         if available == 0:
-            errors.append(FieldError("spec.models.actor.gpus",
-                                     "the job asks for GPUs but this machine has none (set gpus: 0 on every "
-                                     "role to run on CPU)"))
-    for name, role in (("actor", spec.models.actor), ("critic", spec.models.critic),
-                       ("reference", spec.models.reference)):
+            errors.append(
+                FieldError(
+                    "spec.models.actor.gpus",
+                    "the job asks for GPUs but this machine has none (set gpus: 0 on every "
+                    "role to run on CPU)",
+                )
+            )
+    for name, role in (
+        ("actor", spec.models.actor),
+        ("critic", spec.models.critic),
+        ("reference", spec.models.reference),
+    ):
         if role is not None and role.gpus == 0 and role.attn_implementation == "flash_attention_2":
-            errors.append(FieldError(f"spec.models.{name}.attnImplementation",
-                                     "flash_attention_2 needs a GPU; use sdpa or eager with gpus: 0"))
+            errors.append(
+                FieldError(
+                    f"spec.models.{name}.attnImplementation",
+                    "flash_attention_2 needs a GPU; use sdpa or eager with gpus: 0",
+                )
+            )
 
 
 def _check_vllm(spec: RLHFJobSpec, backend: str, errors: list[FieldError]) -> None:
@@ -124,8 +148,13 @@ def _check_vllm(spec: RLHFJobSpec, backend: str, errors: list[FieldError]) -> No
     send weights to each other at the same time), and a model shape it can run."""
     field = "spec.models.rollout.engine"
     if backend == "local":
-        errors.append(FieldError(field, "vllm engines run as Ray actors (the actor streams weights to them "
-                                        "while they receive): use the ray backend"))
+        errors.append(
+            FieldError(
+                field,
+                "vllm engines run as Ray actors (the actor streams weights to them "
+                "while they receive): use the ray backend",
+            )
+        )
     if not vllm_installed():
         errors.append(FieldError(field, VLLM_MISSING))
     actor = spec.models.actor
@@ -139,17 +168,25 @@ def _check_vllm(spec: RLHFJobSpec, backend: str, errors: list[FieldError]) -> No
     heads = getattr(text, "num_attention_heads", None)
     head_dim = getattr(text, "head_dim", None) or (text.hidden_size // heads if heads else None)
     if actor.gpus == 0 and head_dim is not None and head_dim not in CPU_HEAD_SIZES:
-        errors.append(FieldError("spec.models.actor.model",
-                                 f"head size {head_dim} (hidden_size / num_attention_heads) is not one vLLM's "
-                                 f"CPU attention supports ({', '.join(map(str, CPU_HEAD_SIZES))}); "
-                                 "use engine: hf for this model"))
+        errors.append(
+            FieldError(
+                "spec.models.actor.model",
+                f"head size {head_dim} (hidden_size / num_attention_heads) is not one vLLM's "
+                f"CPU attention supports ({', '.join(map(str, CPU_HEAD_SIZES))}); "
+                "use engine: hf for this model",
+            )
+        )
     positions = getattr(text, "max_position_embeddings", None)
     generation = spec.generation
     if positions is not None and generation.max_prompt_length + generation.max_new_tokens > positions:
-        errors.append(FieldError("spec.generation.maxNewTokens",
-                                 f"maxPromptLength + maxNewTokens = "
-                                 f"{generation.max_prompt_length + generation.max_new_tokens} exceeds the model's "
-                                 f"max_position_embeddings {positions} (a vllm engine cannot start)"))
+        errors.append(
+            FieldError(
+                "spec.generation.maxNewTokens",
+                f"maxPromptLength + maxNewTokens = "
+                f"{generation.max_prompt_length + generation.max_new_tokens} exceeds the model's "
+                f"max_position_embeddings {positions} (a vllm engine cannot start)",
+            )
+        )
 
 
 def preflight(spec: RLHFJobSpec, backend: str, resume_from: str | None) -> Prepared:
@@ -162,7 +199,8 @@ def preflight(spec: RLHFJobSpec, backend: str, resume_from: str | None) -> Prepa
     errors: list[FieldError] = []
     models = spec.models
     roles: list[tuple[str, RoleSpec | None]] = [
-        ("spec.models.actor", models.actor), ("spec.models.critic", models.critic),
+        ("spec.models.actor", models.actor),
+        ("spec.models.critic", models.critic),
         ("spec.models.reference", models.reference if named_reference else None),
     ]
     actor_ok = True
@@ -185,8 +223,11 @@ def preflight(spec: RLHFJobSpec, backend: str, resume_from: str | None) -> Prepa
         try:
             tokenizer = load_tokenizer(tokenizer_path, models.actor.trust_remote_code)
         except Exception as exc:
-            errors.append(FieldError(tokenizer_field, f"no usable tokenizer at {tokenizer_path}: "
-                                                      f"{type(exc).__name__}: {exc}"))
+            errors.append(
+                FieldError(
+                    tokenizer_field, f"no usable tokenizer at {tokenizer_path}: {type(exc).__name__}: {exc}"
+                )
+            )
 
     # Reward models are checked above by path; they load in their role, not here.
     try:
@@ -195,12 +236,19 @@ def preflight(spec: RLHFJobSpec, backend: str, resume_from: str | None) -> Prepa
     except RewardConfigError as exc:
         errors.extend(_lines_as_errors(str(exc), "spec.models.reward"))
 
-    dataset = PromptDataset(spec.data.prompts, tokenizer, spec.generation.max_prompt_length,
-                            spec.training.seed, spec.data.shuffle)
+    dataset = PromptDataset(
+        spec.data.prompts, tokenizer, spec.generation.max_prompt_length, spec.training.seed, spec.data.shuffle
+    )
     eval_dataset = None
     if spec.data.eval is not None:  # the API pairs it with training.evalEverySteps > 0
-        eval_dataset = PromptDataset(spec.data.eval, tokenizer, spec.generation.max_prompt_length,
-                                     spec.training.seed, shuffle=False, field="spec.data.eval")
+        eval_dataset = PromptDataset(
+            spec.data.eval,
+            tokenizer,
+            spec.generation.max_prompt_length,
+            spec.training.seed,
+            shuffle=False,
+            field="spec.data.eval",
+        )
     for ds in (dataset, eval_dataset):
         if ds is None:
             continue
@@ -239,6 +287,9 @@ def _lines_as_errors(message: str, default_field: str) -> list[FieldError]:
     out = []
     for line in message.splitlines():
         path, sep, rest = line.partition(": ")
-        out.append(FieldError(path, rest) if sep and path.startswith(("spec.", "resumeFrom")) else
-                   FieldError(default_field, line))
+        out.append(
+            FieldError(path, rest)
+            if sep and path.startswith(("spec.", "resumeFrom"))
+            else FieldError(default_field, line)
+        )
     return out

@@ -37,8 +37,9 @@ class Roles:
         return [g for g in groups if g is not None]
 
 
-def _contexts(backend: Backend, placements: tuple[WorkerPlacement, ...], num_threads: int,
-              process_group: bool) -> list[DistributedContext]:
+def _contexts(
+    backend: Backend, placements: tuple[WorkerPlacement, ...], num_threads: int, process_group: bool
+) -> list[DistributedContext]:
     """Data-parallel workers share one process group; replicas (rollout engines, reward models)
     are independent and only use their rank as the replica index (it offsets their seeds)."""
     if not process_group:

@@ -32,8 +32,9 @@ class RolloutBatch:
 
     @classmethod
     def from_generation(cls, output: GenerationOutput) -> RolloutBatch:
-        return cls(output.input_ids, output.attention_mask, output.prompt_width,
-                   rollout_logprobs=output.logprobs)
+        return cls(
+            output.input_ids, output.attention_mask, output.prompt_width, rollout_logprobs=output.logprobs
+        )
 
     @property
     def size(self) -> int:
@@ -101,7 +102,9 @@ def shard_rows(batch_size: int, train_batch_size: int, rank: int, world_size: in
 
 def select_rows(batch: RolloutBatch, index: torch.Tensor) -> RolloutBatch:
     per_token = {
-        name: (None if value is None else value[index]) for name in PER_TOKEN for value in [getattr(batch, name)]
+        name: (None if value is None else value[index])
+        for name in PER_TOKEN
+        for value in [getattr(batch, name)]
     }
     return RolloutBatch(batch.input_ids[index], batch.attention_mask[index], batch.prompt_width, **per_token)
 

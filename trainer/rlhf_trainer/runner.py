@@ -51,12 +51,16 @@ class RunSummary:
 
     def lines(self) -> list[str]:
         median = sorted(self.step_seconds)[len(self.step_seconds) // 2] if self.step_seconds else 0.0
-        out = [f"finished: {self.steps} steps in {self.seconds:.1f}s (start-up included; median step {median:.2f}s)"]
+        out = [
+            f"finished: {self.steps} steps in {self.seconds:.1f}s (start-up included; median step {median:.2f}s)"
+        ]
         if self.rewards:
             k = min(5, len(self.rewards))
             first, last = sum(self.rewards[:k]) / k, sum(self.rewards[-k:]) / k
-            out.append(f"reward/mean: first step {self.rewards[0]:.3f}, last step {self.rewards[-1]:.3f}; "
-                       f"mean of first {k} {first:.3f} -> last {k} {last:.3f}")
+            out.append(
+                f"reward/mean: first step {self.rewards[0]:.3f}, last step {self.rewards[-1]:.3f}; "
+                f"mean of first {k} {first:.3f} -> last {k} {last:.3f}"
+            )
         out += [
             f"metrics:    {self.metrics_path}",
             f"plot:       {self.plot_path}",
@@ -102,8 +106,13 @@ def run_config_file(path: str) -> int:
 
         located = sink_from_raw_config(data)
         if located is not None:
-            record_failure_in(located[0], located[1], permanent=True, reason="InvalidConfig",
-                              message="; ".join(map(str, exc.errors)))
+            record_failure_in(
+                located[0],
+                located[1],
+                permanent=True,
+                reason="InvalidConfig",
+                message="; ".join(map(str, exc.errors)),
+            )
         return 1
     return run_trainer(config)
 
@@ -125,8 +134,11 @@ def run_trainer(config: TrainerConfig) -> int:
         from .stages.runner import run_stage
 
         return run_stage(config)
-    use_gpu = any(r.gpus > 0 for r in (config.spec.models.actor, config.spec.models.critic,
-                                        config.spec.models.reference) if r is not None)
+    use_gpu = any(
+        r.gpus > 0
+        for r in (config.spec.models.actor, config.spec.models.critic, config.spec.models.reference)
+        if r is not None
+    )
     prepare_environment(use_gpu)
 
     from .preflight import PreflightError, preflight
@@ -137,24 +149,28 @@ def run_trainer(config: TrainerConfig) -> int:
     except PreflightError as exc:
         for error in exc.errors:
             print(str(error), file=sys.stderr)
-        record_failure(config, permanent=True, reason="PreflightFailed", message="; ".join(map(str, exc.errors)))
+        record_failure(
+            config, permanent=True, reason="PreflightFailed", message="; ".join(map(str, exc.errors))
+        )
         return 1
     try:
         summary = _train(config, prepared)
     except Exception as exc:
         log.exception("training failed")
         permanent = isinstance(exc, _permanent_errors())
-        record_failure(config, permanent=permanent, reason="ConfigurationError" if permanent else "TrainingFailed",
-                       message=f"{type(exc).__name__}: {exc}")
+        record_failure(
+            config,
+            permanent=permanent,
+            reason="ConfigurationError" if permanent else "TrainingFailed",
+            message=f"{type(exc).__name__}: {exc}",
+        )
         return 1
     for line in summary.lines():
         print(line)
     return 0
 
 
-def _start_backend(
-    kind: str, spec: RLHFJobSpec
-) -> tuple[Backend, PlacementPlan, int, Callable[[], None]]:
+def _start_backend(kind: str, spec: RLHFJobSpec) -> tuple[Backend, PlacementPlan, int, Callable[[], None]]:
     """(backend, placement plan, torch threads per CPU role, stop) for `rlhf run --backend`."""
     from .backends.placement import plan_placement
 
@@ -193,15 +209,27 @@ def _train(config: TrainerConfig, prepared: Prepared) -> RunSummary:
     success = False
     try:
         roles = start_roles(spec, backend, plan, num_threads=num_threads)
-        log.info("roles ready after %.1fs: %s", time.perf_counter() - started,
-                 ", ".join(f"{g.name} x{g.size}" for g in roles.all()))
+        log.info(
+            "roles ready after %.1fs: %s",
+            time.perf_counter() - started,
+            ", ".join(f"{g.name} x{g.size}" for g in roles.all()),
+        )
         scorers = {index: _role_scorer(backend, group) for index, group in roles.reward_models.items()}
         rewards = build_rewards(spec, model_scorers=scorers)
         rewards.preflight()
         telemetry = Telemetry(config, spec.training.max_steps, spec.algorithm.name)
         checkpointer = Checkpointer(spec.checkpoint, spec.training.max_steps) if spec.checkpoint else None
-        loop = RLLoop(spec, roles, backend, rewards, prepared.dataset, prepared.tokenizer, telemetry,
-                      checkpointer, prepared.eval_dataset)
+        loop = RLLoop(
+            spec,
+            roles,
+            backend,
+            rewards,
+            prepared.dataset,
+            prepared.tokenizer,
+            telemetry,
+            checkpointer,
+            prepared.eval_dataset,
+        )
         start_step = 0
         if prepared.resume_path is not None:
             state = load_checkpoint(prepared.resume_path, roles, backend)

@@ -84,8 +84,10 @@ def ppo_policy_loss(
         per_token = torch.where(dual_used, cap, per_token)
     if importance_weights is not None:
         if importance_weights.shape != per_token.shape:
-            raise ValueError(f"importance_weights must have shape {tuple(per_token.shape)}, "
-                             f"got {tuple(importance_weights.shape)}")
+            raise ValueError(
+                f"importance_weights must have shape {tuple(per_token.shape)}, "
+                f"got {tuple(importance_weights.shape)}"
+            )
         per_token = per_token * masked_fill_zero(importance_weights.detach(), mask).to(per_token.dtype)
 
     loss = aggregate_loss(per_token, mask, loss_agg, max_response_length)

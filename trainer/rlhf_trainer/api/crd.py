@@ -147,9 +147,13 @@ def _apply_constraints(schema: dict[str, Any], metadata: list[Any]) -> None:
         elif isinstance(item, at.Lt):
             schema["maximum"], schema["exclusiveMaximum"] = item.lt, True
         elif isinstance(item, at.MinLen):
-            schema["minItems" if is_array else "minProperties" if is_object else "minLength"] = item.min_length
+            schema["minItems" if is_array else "minProperties" if is_object else "minLength"] = (
+                item.min_length
+            )
         elif isinstance(item, at.MaxLen):
-            schema["maxItems" if is_array else "maxProperties" if is_object else "maxLength"] = item.max_length
+            schema["maxItems" if is_array else "maxProperties" if is_object else "maxLength"] = (
+                item.max_length
+            )
         elif getattr(item, "pattern", None):
             schema["pattern"] = item.pattern
         elif item is not None and type(item).__name__ != "_PydanticGeneralMetadata":

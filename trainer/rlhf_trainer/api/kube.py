@@ -36,7 +36,6 @@ ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 SECRET_LOOKING_NAME = r"(?i)(TOKEN|API_KEY|APIKEY|PASSWORD|SECRET|CREDENTIAL)"
 
 
-
 @dataclass(frozen=True)
 class IntOrStringPattern:
     """The pattern the string form of an int-or-string must match (the CRD carries it too)."""
@@ -49,7 +48,9 @@ def _check_quantity(value: Any) -> Any:
         raise PydanticCustomError("quantity", "must not be negative, got {value}", {"value": value})
     if isinstance(value, str) and (len(value) > 64 or not re.match(QUANTITY, value)):
         raise PydanticCustomError(
-            "quantity", "must be a Kubernetes quantity (e.g. 8, 500m, 64Gi), got {value}", {"value": repr(value)}
+            "quantity",
+            "must be a Kubernetes quantity (e.g. 8, 500m, 64Gi), got {value}",
+            {"value": repr(value)},
         )
     return value
 
@@ -149,7 +150,9 @@ class Toleration(ApiModel):
     operator: Literal["Exists", "Equal"] | None = Field(
         default=None, description="Exists or Equal (the default when unset, as in core/v1)."
     )
-    value: str | None = Field(default=None, max_length=63, description="Taint value to match with operator Equal.")
+    value: str | None = Field(
+        default=None, max_length=63, description="Taint value to match with operator Equal."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
     )
@@ -245,7 +248,9 @@ class Volume(VolumeSource):
 
 class VolumeMount(ApiModel):
     name: str = Field(description="Name of a volume in template.volumes.", pattern=DNS_LABEL, max_length=63)
-    mount_path: str = Field(description="Absolute path in the container.", pattern=r"^/", max_length=PATH_LENGTH)
+    mount_path: str = Field(
+        description="Absolute path in the container.", pattern=r"^/", max_length=PATH_LENGTH
+    )
     read_only: bool = Field(default=False, description="Mount read-only.")
     sub_path: str | None = Field(
         default=None, max_length=PATH_LENGTH, description="Sub-path inside the volume to mount."

@@ -43,7 +43,17 @@ from .stages import (
 )
 
 AlgorithmName = Literal[
-    "ppo", "grpo", "dr_grpo", "reinforce_pp", "reinforce_pp_baseline", "rloo", "grpovi", "sft", "rm", "dpo", "kto"
+    "ppo",
+    "grpo",
+    "dr_grpo",
+    "reinforce_pp",
+    "reinforce_pp_baseline",
+    "rloo",
+    "grpovi",
+    "sft",
+    "rm",
+    "dpo",
+    "kto",
 ]
 ALGORITHMS: tuple[str, ...] = AlgorithmName.__args__  # type: ignore[attr-defined]
 # Estimators whose baseline comes from the other samples of the same prompt: no critic, n >= 2.
@@ -311,7 +321,7 @@ class RewardAuth(ApiModel):
         default="Bearer",
         max_length=64,
         pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$",
-        description="Prefix of the header value (`Bearer` sends `Authorization: Bearer <secret>`); \"\" sends "
+        description='Prefix of the header value (`Bearer` sends `Authorization: Bearer <secret>`); "" sends '
         "the secret alone.",
     )
 
@@ -401,7 +411,9 @@ class RewardSource(ApiModel):
             message="carries a credential (user:password@ or a token query parameter): put it in a Secret "
             "and reference it with auth.secretKeyRef",
             field="url",
-            check=lambda r: r.url is None or not (re.search(URL_USERINFO, r.url) or re.search(URL_SECRET_QUERY, r.url)),
+            check=lambda r: (
+                r.url is None or not (re.search(URL_USERINFO, r.url) or re.search(URL_SECRET_QUERY, r.url))
+            ),
         ),
     )
 
@@ -421,7 +433,9 @@ class RolloutSpec(ApiModel):
     )
     tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="GPUs per vllm engine.")
     gpu_memory_utilization: float = Field(
-        default=0.9, gt=0, le=1,
+        default=0.9,
+        gt=0,
+        le=1,
         description="Fraction of GPU memory a vllm engine may use (GPU only: on CPU the KV cache is sized "
         "for one rollout, or by VLLM_CPU_KVCACHE_SPACE in GiB when set).",
     )
@@ -621,9 +635,13 @@ class PromptSource(ApiModel):
         default=False, description="Wrap the prompt with the tokenizer's chat template."
     )
     input_template: str | None = Field(
-        default=None, max_length=8192, description="Format string applied to the prompt; must contain {input}."
+        default=None,
+        max_length=8192,
+        description="Format string applied to the prompt; must contain {input}.",
     )
-    max_samples: int | None = Field(default=None, ge=1, le=INT32_MAX, description="Use at most this many rows.")
+    max_samples: int | None = Field(
+        default=None, ge=1, le=INT32_MAX, description="Use at most this many rows."
+    )
 
     rules = (
         Rule(
@@ -683,7 +701,10 @@ class TrainingSpec(ApiModel):
         f"trainBatchSize. Default {DEFAULT_MICRO_BATCH_SIZE}.",
     )
     max_steps: int = Field(
-        default=DEFAULT_MAX_STEPS, ge=1, le=INT32_MAX, description=f"RL steps (rollouts) to run; offline stages: optimizer steps. Default {DEFAULT_MAX_STEPS}."
+        default=DEFAULT_MAX_STEPS,
+        ge=1,
+        le=INT32_MAX,
+        description=f"RL steps (rollouts) to run; offline stages: optimizer steps. Default {DEFAULT_MAX_STEPS}.",
     )
     actor_learning_rate: float = Field(default=1e-6, gt=0, description="Actor peak learning rate.")
     critic_learning_rate: float = Field(default=9e-6, gt=0, description="Critic peak learning rate.")
@@ -698,9 +719,14 @@ class TrainingSpec(ApiModel):
     )
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
-    seed: int = Field(default=42, ge=0, le=INT32_MAX, description="Seed of data order, sampling and initialisation.")
+    seed: int = Field(
+        default=42, ge=0, le=INT32_MAX, description="Seed of data order, sampling and initialisation."
+    )
     eval_every_steps: int = Field(
-        default=0, ge=0, le=INT32_MAX, description="Evaluate on data.eval every N steps (0: never). Needs data.eval."
+        default=0,
+        ge=0,
+        le=INT32_MAX,
+        description="Evaluate on data.eval every N steps (0: never). Needs data.eval.",
     )
 
     rules = (
@@ -714,8 +740,12 @@ class TrainingSpec(ApiModel):
 
 
 class GenerationSpec(ApiModel):
-    max_prompt_length: int = Field(default=1024, ge=1, le=INT32_MAX, description="Prompt tokens kept (left-truncated).")
-    max_new_tokens: int = Field(default=1024, ge=1, le=INT32_MAX, description="Most tokens generated per completion.")
+    max_prompt_length: int = Field(
+        default=1024, ge=1, le=INT32_MAX, description="Prompt tokens kept (left-truncated)."
+    )
+    max_new_tokens: int = Field(
+        default=1024, ge=1, le=INT32_MAX, description="Most tokens generated per completion."
+    )
     temperature: float = Field(default=1.0, gt=0, le=10, description="Sampling temperature.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling probability mass.")
     top_k: int = Field(default=0, ge=0, le=INT32_MAX, description="Top-k sampling (0: off).")
@@ -731,7 +761,9 @@ class CheckpointSpec(ApiModel):
     volume: VolumeSource | None = Field(
         default=None, description="Volume mounted at path on every pod (shared, e.g. a ReadWriteMany PVC)."
     )
-    every_steps: int = Field(default=50, ge=1, le=INT32_MAX, description="Save every N steps (and always at the end).")
+    every_steps: int = Field(
+        default=50, ge=1, le=INT32_MAX, description="Save every N steps (and always at the end)."
+    )
     keep: int = Field(default=3, ge=1, le=1000, description="Keep the last K checkpoints.")
     export_hf: bool = Field(
         default=True, alias="exportHF", description="Also write the actor in HF format (from_pretrained)."
@@ -784,7 +816,9 @@ class PodTemplateOverrides(ApiModel):
         "(at most 63 characters: alphanumerics, '-', '_', '.').",
     )
     annotations: dict[str, AnnotationValue] = Field(
-        default_factory=dict, max_length=64, description="Extra annotations of every pod (label-key format keys)."
+        default_factory=dict,
+        max_length=64,
+        description="Extra annotations of every pod (label-key format keys).",
     )
 
     rules = (
@@ -796,7 +830,11 @@ class PodTemplateOverrides(ApiModel):
                 field=wire,
                 check=lambda t, attr=attr: all(re.match(LABEL_KEY, k) for k in getattr(t, attr)),
             )
-            for wire, attr in (("labels", "labels"), ("annotations", "annotations"), ("nodeSelector", "node_selector"))
+            for wire, attr in (
+                ("labels", "labels"),
+                ("annotations", "annotations"),
+                ("nodeSelector", "node_selector"),
+            )
         ),
         Rule(
             cel="self.volumeMounts.all(m, self.volumes.exists(v, v.name == m.name))",
@@ -870,7 +908,10 @@ class RLHFJobSpec(ApiModel):
         default=None, ge=1, le=INT32_MAX, description="Fail the job after this long."
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, le=INT32_MAX, description="Delete the Ray cluster this long after the job finishes."
+        default=None,
+        ge=0,
+        le=INT32_MAX,
+        description="Delete the Ray cluster this long after the job finishes.",
     )
     queue_name: str | None = Field(
         default=None, pattern=DNS_LABEL, max_length=63, description="Kueue LocalQueue name."
@@ -935,7 +976,8 @@ class RLHFJobSpec(ApiModel):
             field="training.trainBatchSize",
             check=lambda s: (
                 is_offline(s.algorithm.name)
-                or (s.training.rollout_batch_size * s.algorithm.samples_per_prompt) % s.training.train_batch_size
+                or (s.training.rollout_batch_size * s.algorithm.samples_per_prompt)
+                % s.training.train_batch_size
                 == 0
             ),
         ),

@@ -19,6 +19,7 @@ def rfc3339(moment: datetime | float) -> str:
         moment = datetime.fromtimestamp(moment, tz=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
+
 Phase = Literal["Pending", "Initializing", "Running", "Retrying", "Suspended", "Succeeded", "Failed"]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
 TERMINAL_PHASES = ("Succeeded", "Failed")

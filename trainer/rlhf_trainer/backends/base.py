@@ -34,7 +34,9 @@ class RoleGroup:
         """Worker i gets the arguments per_worker[i]."""
         if len(per_worker) != self.size:
             raise ValueError(f"{self.name}: {len(per_worker)} argument sets for {self.size} workers")
-        return [self.backend.submit(w, method, args, {}) for w, args in zip(self.workers, per_worker, strict=True)]
+        return [
+            self.backend.submit(w, method, args, {}) for w, args in zip(self.workers, per_worker, strict=True)
+        ]
 
     def first(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call every worker (collective methods need all ranks) and return rank 0's result."""
@@ -47,7 +49,11 @@ class Backend(ABC):
 
     @abstractmethod
     def start_role(
-        self, name: str, cls: type, args: Sequence[tuple[Any, ...]], placements: Sequence[WorkerPlacement],
+        self,
+        name: str,
+        cls: type,
+        args: Sequence[tuple[Any, ...]],
+        placements: Sequence[WorkerPlacement],
         dist: Sequence[DistributedContext],
     ) -> RoleGroup:
         """Start one worker per placement; worker i runs cls(*args[i])."""

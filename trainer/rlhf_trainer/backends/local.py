@@ -37,7 +37,11 @@ class LocalBackend(Backend):
         self._workers: list[Any] = []
 
     def start_role(
-        self, name: str, cls: type, args: Sequence[tuple[Any, ...]], placements: Sequence[WorkerPlacement],
+        self,
+        name: str,
+        cls: type,
+        args: Sequence[tuple[Any, ...]],
+        placements: Sequence[WorkerPlacement],
         dist: Sequence[DistributedContext],
     ) -> RoleGroup:
         if len(args) != 1:

@@ -50,8 +50,11 @@ def start_ray(num_cpus: int | None, log_to_driver: bool = False) -> bool:
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": worker_environment()},
-                 log_to_driver=log_to_driver)
+        ray.init(
+            address=os.environ["RAY_ADDRESS"],
+            runtime_env={"env_vars": worker_environment()},
+            log_to_driver=log_to_driver,
+        )
         return True
     ray.init(**ray_init_options(num_cpus, log_to_driver))
     return True
@@ -89,10 +92,16 @@ class RayBackend(Backend):
             waited += PLACEMENT_LOG_EVERY_S
             if waited >= PLACEMENT_TIMEOUT_S:
                 remove_placement_group(self.group)
-                raise RuntimeError(f"placement group {list(plan.bundles)} not placed after {waited}s; "
-                                   f"cluster resources: {ray.cluster_resources()}")
-            log.info("waiting %ds for resources %s (cluster: %s)", waited, list(plan.bundles),
-                     ray.available_resources())
+                raise RuntimeError(
+                    f"placement group {list(plan.bundles)} not placed after {waited}s; "
+                    f"cluster resources: {ray.cluster_resources()}"
+                )
+            log.info(
+                "waiting %ds for resources %s (cluster: %s)",
+                waited,
+                list(plan.bundles),
+                ray.available_resources(),
+            )
 
     def _check_fits(self, plan: PlacementPlan) -> None:
         """A local cluster cannot grow: fail at once when the bundles need more than it has."""
@@ -125,7 +134,11 @@ class RayBackend(Backend):
         return self._ray.get(probe.remote())
 
     def start_role(
-        self, name: str, cls: type, args: Sequence[tuple[Any, ...]], placements: Sequence[WorkerPlacement],
+        self,
+        name: str,
+        cls: type,
+        args: Sequence[tuple[Any, ...]],
+        placements: Sequence[WorkerPlacement],
         dist: Sequence[DistributedContext],
     ) -> RoleGroup:
         remote_cls = self._ray.remote(cls)

@@ -14,7 +14,9 @@ def effective_precision(role: RoleSpec, use_gpu: bool) -> str:
     return role.precision if use_gpu else "fp32"
 
 
-def deepspeed_config(role: RoleSpec, training: TrainingSpec, plan: BatchPlan, use_gpu: bool) -> dict[str, Any]:
+def deepspeed_config(
+    role: RoleSpec, training: TrainingSpec, plan: BatchPlan, use_gpu: bool
+) -> dict[str, Any]:
     """The config handed to deepspeed.initialize for one training role."""
     precision = effective_precision(role, use_gpu)
     zero: dict[str, Any] = {"stage": role.zero_stage}

@@ -49,7 +49,11 @@ class TrainingEngine:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             optimizer: torch.optim.Optimizer = DeepSpeedCPUAdam(
-                params, lr=learning_rate, betas=ADAM_BETAS, weight_decay=training.weight_decay, adamw_mode=True
+                params,
+                lr=learning_rate,
+                betas=ADAM_BETAS,
+                weight_decay=training.weight_decay,
+                adamw_mode=True,
             )
         else:
             optimizer = torch.optim.AdamW(

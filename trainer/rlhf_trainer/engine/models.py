@@ -20,7 +20,9 @@ def model_dtype(role: RoleSpec, use_gpu: bool, field: str) -> torch.dtype:
     precision = effective_precision(role, use_gpu)
     if precision != role.precision and field not in _cpu_precision_logged:
         _cpu_precision_logged.add(field)
-        log.info("%s.precision: %s is honoured on GPUs only; this role runs on CPU in fp32", field, role.precision)
+        log.info(
+            "%s.precision: %s is honoured on GPUs only; this role runs on CPU in fp32", field, role.precision
+        )
     return DTYPES[precision]
 
 
@@ -101,8 +103,9 @@ class ValueModel(torch.nn.Module):
         torch.nn.init.normal_(self.value_head.weight, std=1.0 / (hidden_size + 1))
         torch.nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.body(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state

@@ -42,11 +42,16 @@ class ActorRole:
         self.engine = TrainingEngine(
             model, role, spec.training, self.plan, spec.training.actor_learning_rate, dist.use_gpu
         )
-        self.loss_aggregation = spec.algorithm.loss_aggregation or default_loss_aggregation(spec.algorithm.name)
+        self.loss_aggregation = spec.algorithm.loss_aggregation or default_loss_aggregation(
+            spec.algorithm.name
+        )
         self.generator = (
             HFGenerationEngine(
-                self.engine.module, spec.generation, eos_token_ids(self.tokenizer, model),
-                self.tokenizer.pad_token_id, self.device,
+                self.engine.module,
+                spec.generation,
+                eos_token_ids(self.tokenizer, model),
+                self.tokenizer.pad_token_id,
+                self.device,
             )
             if generates
             else None
@@ -68,7 +73,9 @@ class ActorRole:
         temperature = self.spec.generation.temperature
         return per_token_outputs(
             lambda micro: policy_forward(self.engine, micro, temperature, with_entropy=False)[0],
-            batch, self.plan.micro_batch_size, self.device,
+            batch,
+            self.plan.micro_batch_size,
+            self.device,
         )
 
     # ---------------------------------------------------------------- update
@@ -98,7 +105,9 @@ class ActorRole:
             for micro in batch.micro_batches(self.plan.micro_batch_size):
                 micro = micro.to(self.device)
                 mask = micro.response_mask
-                logprobs, entropy = policy_forward(self.engine, micro, generation.temperature, with_entropy=True)
+                logprobs, entropy = policy_forward(
+                    self.engine, micro, generation.temperature, with_entropy=True
+                )
                 # Single update: the policy is unchanged until the optimizer steps, so the
                 # rollout-time log-probabilities are this forward's.
                 old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
@@ -114,17 +123,27 @@ class ActorRole:
                         else:
                             record(key, float(value))
                 out = ppo_policy_loss(
-                    logprobs, old, micro.advantages, mask,
-                    clip_low=algorithm.clip.low, clip_high=algorithm.clip.high, dual_clip=algorithm.clip.dual,
-                    loss_agg=self.loss_aggregation, max_response_length=generation.max_new_tokens,
+                    logprobs,
+                    old,
+                    micro.advantages,
+                    mask,
+                    clip_low=algorithm.clip.low,
+                    clip_high=algorithm.clip.high,
+                    dual_clip=algorithm.clip.dual,
+                    loss_agg=self.loss_aggregation,
+                    max_response_length=generation.max_new_tokens,
                     importance_weights=weights,
                 )
                 loss = out.loss
                 if kl_as_loss:
                     assert micro.ref_logprobs is not None
                     kl_term = kl_loss(
-                        logprobs, micro.ref_logprobs, mask, algorithm.kl.estimator,
-                        loss_agg=self.loss_aggregation, max_response_length=generation.max_new_tokens,
+                        logprobs,
+                        micro.ref_logprobs,
+                        mask,
+                        algorithm.kl.estimator,
+                        loss_agg=self.loss_aggregation,
+                        max_response_length=generation.max_new_tokens,
                     )
                     loss = loss + algorithm.kl.coef * kl_term
                     record("actor/kl_loss", float(kl_term.detach()))
@@ -154,7 +173,10 @@ class ActorRole:
     def weight_buckets(self, bucket_bytes: int) -> list[list[TensorMeta]]:
         """The parameters in the order and buckets they are sent in (the same on every rank)."""
         return plan_buckets(
-            [tensor_meta(name, p, self.engine.full_shape(p)) for name, p in self.engine.module.named_parameters()],
+            [
+                tensor_meta(name, p, self.engine.full_shape(p))
+                for name, p in self.engine.module.named_parameters()
+            ],
             bucket_bytes,
         )
 
@@ -162,7 +184,9 @@ class ActorRole:
         """Address and a free port on this node for the weight-sync group's store (rank 0 serves it)."""
         return node_address(), free_port()
 
-    def open_weight_sync(self, host: str, port: int, world_size: int, backend: str, bucket_bytes: int) -> None:
+    def open_weight_sync(
+        self, host: str, port: int, world_size: int, backend: str, bucket_bytes: int
+    ) -> None:
         """Rank 0 joins the weight-sync group as its sender; every rank remembers the buckets (under
         ZeRO-3 every rank takes part in gathering them)."""
         self._sync_buckets = self.weight_buckets(bucket_bytes)

@@ -53,7 +53,10 @@ class CriticRole:
                 micro = micro.to(self.device)
                 assert micro.values is not None and micro.returns is not None
                 out = value_loss(
-                    value_forward(self.engine, micro), micro.values, micro.returns, micro.response_mask,
+                    value_forward(self.engine, micro),
+                    micro.values,
+                    micro.returns,
+                    micro.response_mask,
                     clip_range=self.spec.algorithm.clip.value,
                 )
                 self.engine.backward(out.loss)

@@ -48,7 +48,9 @@ def value_forward(model: Callable[..., torch.Tensor], micro: RolloutBatch) -> to
 
 @torch.no_grad()
 def per_token_outputs(
-    fn: Callable[[RolloutBatch], torch.Tensor], batch: RolloutBatch, micro_batch_size: int,
+    fn: Callable[[RolloutBatch], torch.Tensor],
+    batch: RolloutBatch,
+    micro_batch_size: int,
     device: torch.device,
 ) -> torch.Tensor:
     """Run `fn` over micro batches and reassemble [B, R] on CPU (zeros past each micro batch's width)."""

@@ -20,7 +20,9 @@ class ReferenceRole:
             raise ValueError(f"{FIELD}: required when algorithm.kl.coef > 0")
         self.device = start_role_process(dist, spec.training.seed)
         self.spec = spec
-        self.model = load_causal_lm(spec.models.reference, dist.use_gpu, FIELD, trainable=False).to(self.device)
+        self.model = load_causal_lm(spec.models.reference, dist.use_gpu, FIELD, trainable=False).to(
+            self.device
+        )
 
     def ready(self) -> bool:
         return True
@@ -29,5 +31,7 @@ class ReferenceRole:
         temperature = self.spec.generation.temperature
         return per_token_outputs(
             lambda micro: policy_forward(self.model, micro, temperature, with_entropy=False)[0],
-            batch, self.spec.training.micro_batch_size, self.device,
+            batch,
+            self.spec.training.micro_batch_size,
+            self.device,
         )

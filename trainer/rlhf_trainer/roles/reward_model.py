@@ -19,7 +19,9 @@ class RewardModelRole:
         assert source.model is not None, field
         # Unset precision: bf16 on a GPU; CPU kernels run fp32.
         precision = (source.precision or "bf16") if dist.use_gpu else "fp32"
-        self.scorer = RewardModelScorer(source.model, precision=precision, device=str(device_for(dist.use_gpu)))
+        self.scorer = RewardModelScorer(
+            source.model, precision=precision, device=str(device_for(dist.use_gpu))
+        )
 
     def ready(self) -> bool:
         return True

@@ -14,14 +14,30 @@ PANELS = (
 )
 # The offline stages plot their losses and held-out diagnostics instead.
 STAGE_PANELS = {
-    "sft": (("sft/loss", "loss"), ("eval/sft/loss", "held-out loss"), ("sft/grad_norm", "grad norm"),
-            ("timing/step_s", "step time (s)")),
-    "rm": (("rm/loss", "loss"), ("eval/rm/accuracy", "held-out pairwise accuracy"),
-           ("eval/rm/margin", "held-out margin"), ("timing/step_s", "step time (s)")),
-    "dpo": (("dpo/loss", "loss"), ("eval/dpo/accuracy", "held-out implicit-reward accuracy"),
-            ("eval/dpo/margin", "held-out margin"), ("timing/step_s", "step time (s)")),
-    "kto": (("kto/loss", "loss"), ("eval/kto/margin", "held-out desirable - undesirable reward"),
-            ("kto/kl", "KL reference point"), ("timing/step_s", "step time (s)")),
+    "sft": (
+        ("sft/loss", "loss"),
+        ("eval/sft/loss", "held-out loss"),
+        ("sft/grad_norm", "grad norm"),
+        ("timing/step_s", "step time (s)"),
+    ),
+    "rm": (
+        ("rm/loss", "loss"),
+        ("eval/rm/accuracy", "held-out pairwise accuracy"),
+        ("eval/rm/margin", "held-out margin"),
+        ("timing/step_s", "step time (s)"),
+    ),
+    "dpo": (
+        ("dpo/loss", "loss"),
+        ("eval/dpo/accuracy", "held-out implicit-reward accuracy"),
+        ("eval/dpo/margin", "held-out margin"),
+        ("timing/step_s", "step time (s)"),
+    ),
+    "kto": (
+        ("kto/loss", "loss"),
+        ("eval/kto/margin", "held-out desirable - undesirable reward"),
+        ("kto/kl", "KL reference point"),
+        ("timing/step_s", "step time (s)"),
+    ),
 }
 
 
@@ -50,8 +66,9 @@ def read_rows(path: str) -> list[dict[str, Any]]:
     return [by_step[step] for step in sorted(by_step)]
 
 
-def write_curves(rows: list[dict[str, Any]], path: str, title: str = "",
-                 panels: tuple[tuple[str, str], ...] = PANELS) -> None:
+def write_curves(
+    rows: list[dict[str, Any]], path: str, title: str = "", panels: tuple[tuple[str, str], ...] = PANELS
+) -> None:
     """A 2x2 PNG: reward, KL, response length and step time (or a stage's `panels`) against the step."""
     # The figure API without pyplot: no global state, no GUI backend, safe in any thread.
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -129,8 +129,12 @@ class Telemetry:
         try:
             rows = read_rows(self.metrics_path)
             outcome = "" if success else " (failed)"
-            write_curves(rows, self.curves_path, title=f"{self.config.job_name} ({self.algorithm}){outcome}",
-                         panels=panels_for(self.algorithm))
+            write_curves(
+                rows,
+                self.curves_path,
+                title=f"{self.config.job_name} ({self.algorithm}){outcome}",
+                panels=panels_for(self.algorithm),
+            )
         except Exception:
             # The plot is a convenience; its failure must not mask how training ended.
             log.exception("could not write %s", self.curves_path)
