@@ -29,7 +29,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from rlhf_trainer.api.job import API_VERSION, GROUP, KIND, PLURAL, VERSION
-from rlhf_trainer.api.status import OPERATOR_FIELDS
+from rlhf_trainer.api.status import OPERATOR_FIELDS, rfc3339
 
 from . import naming
 
@@ -251,7 +251,7 @@ class Kube:
 
     def post_event(self, job: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         meta = job["metadata"]
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = rfc3339(datetime.now(UTC))
         event = {
             "apiVersion": "v1",
             "kind": "Event",

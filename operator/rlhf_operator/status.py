@@ -15,7 +15,6 @@ copies the driver's log into the RayJob's message, and a log can hold tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from rlhf_trainer.api.status import OPERATOR_FIELDS, RLHFJobStatus
@@ -207,10 +206,6 @@ def status_patch(previous: dict[str, Any], desired: dict[str, Any]) -> dict[str,
     if "rayJob" in patch and isinstance(previous.get("rayJob"), dict):
         patch["rayJob"] = {**{key: None for key in previous["rayJob"]}, **desired["rayJob"]}
     return patch
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------------------------
