@@ -36,7 +36,7 @@ import yaml
 
 from rlhf_trainer.api.job import API_VERSION, KIND, RLHFJob
 from rlhf_trainer.api.spec import RLHFJobSpec
-from rlhf_trainer.api.status import TERMINAL_PHASES
+from rlhf_trainer.api.status import TERMINAL_PHASES, rfc3339
 from rlhf_trainer.api.validation import validate_manifest
 
 from . import naming, render
@@ -164,7 +164,7 @@ def plan_reconcile(
     attempt = max([previous.get("attempt") or 0, *by_attempt])
     current = by_attempt.get(attempt)
     basis = current if current is not None else by_attempt.get(attempt - 1)
-    status = st.StatusContext(previous, st.rfc3339(now), generation, attempt)
+    status = st.StatusContext(previous, rfc3339(now), generation, attempt)
 
     def parse() -> tuple[RLHFJob | None, list[Any], str | None]:
         job, errors = _parse(metadata, body.get("spec"))
@@ -319,7 +319,7 @@ def fail_job(body: dict[str, Any], reason: str, message: str, now: datetime) -> 
     previous = body.get("status") or {}
     meta = body.get("metadata") or {}
     attempt = previous.get("attempt") or 0
-    return fail(st.StatusContext(previous, st.rfc3339(now), meta.get("generation"), attempt), reason, message)
+    return fail(st.StatusContext(previous, rfc3339(now), meta.get("generation"), attempt), reason, message)
 
 
 # --------------------------------------------------------------------------------------------
