@@ -147,10 +147,17 @@ def stack(
             **tiny_ppo_job("x", demo, checkpoints)["spec"]["models"],
             "actor": {"model": "/m", "gpus": 12},
         }
+        unplaceable_batches = {
+            "rolloutBatchSize": 48,
+            "trainBatchSize": 96,
+            "microBatchSize": 8,
+            "maxSteps": 5,
+        }
         for job in (
             tiny_ppo_job("ppo-live", demo, checkpoints),
             tiny_ppo_job("stalled", demo, checkpoints),
-            tiny_ppo_job("broken", demo, checkpoints, models=unplaceable),
+            # Batch sizes that 12 data-parallel actor workers divide: the API server accepts it.
+            tiny_ppo_job("broken", demo, checkpoints, models=unplaceable, training=unplaceable_batches),
             tiny_ppo_job("blocked", demo, checkpoints),
         ):
             kubectl.apply(job, namespace=namespace)
