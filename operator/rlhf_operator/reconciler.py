@@ -59,11 +59,15 @@ class Reconciler:
         self.metrics.forget_job(namespace, name)
 
     def _reconcile(self, namespace: str, name: str) -> decisions.Plan | None:
+        # The RayJobs before the job: the trainer records a checkpoint in the job's status before its
+        # RayJob can fail, so a failure seen here comes with that checkpoint in the status read next.
+        # In the other order a restart could be planned from a status older than the failure and
+        # resume from an earlier checkpoint (or none).
+        rayjobs = self.kube.list_rayjobs(namespace, name)
         body = self.kube.get_job(namespace, name)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return None  # deleted: the garbage collector removes the children
         uid = body["metadata"].get("uid")
-        rayjobs = self.kube.list_rayjobs(namespace, name)
 
         def read_recorded() -> dict[str, Any] | None:
             config_map = self.kube.get_owned("v1", "ConfigMap", namespace, naming.config_map_name(name), uid)
