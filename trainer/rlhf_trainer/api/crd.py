@@ -210,19 +210,32 @@ def crd_manifest() -> dict[str, Any]:
             }
         ],
     }
+    return crd_document(KIND, PLURAL, SINGULAR, SHORT_NAMES, CATEGORIES, root, PRINTER_COLUMNS)
+
+
+def crd_document(
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: tuple[str, ...],
+    categories: tuple[str, ...],
+    root: dict[str, Any],
+    printer_columns: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A namespaced rlhf.io CRD of one served and stored version, with the status subresource."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "metadata": {"name": f"{plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
-                "categories": list(CATEGORIES),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
+                "categories": list(categories),
             },
             "scope": "Namespaced",
             "versions": [
@@ -232,7 +245,7 @@ def crd_manifest() -> dict[str, Any]:
                     "storage": True,
                     "schema": {"openAPIV3Schema": root},
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": printer_columns,
                 }
             ],
         },

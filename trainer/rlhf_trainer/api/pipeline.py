@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import ApiModel, Rule
-from .job import API_VERSION, GROUP, NAME_PATTERN, VERSION
+from .job import API_VERSION, NAME_PATTERN
 from .spec import RLHFJobSpec
 from .validation import FieldError, parse_model
 
@@ -205,7 +205,7 @@ PRINTER_COLUMNS = [
 
 
 def pipeline_crd_manifest() -> dict[str, Any]:
-    from .crd import _without_defaults, model_schema
+    from .crd import _without_defaults, crd_document, model_schema
 
     root = {
         "type": "object",
@@ -229,33 +229,16 @@ def pipeline_crd_manifest() -> dict[str, Any]:
             }
         ],
     }
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PIPELINE_PLURAL}.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "names": {
-                "kind": PIPELINE_KIND,
-                "listKind": f"{PIPELINE_KIND}List",
-                "plural": PIPELINE_PLURAL,
-                "singular": PIPELINE_SINGULAR,
-                "shortNames": list(PIPELINE_SHORT_NAMES),
-                "categories": ["all"],  # not "rlhf": that is RLHFJob's short name (kubectl get rlhf)
-            },
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": root},
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                }
-            ],
-        },
-    }
+    # Categories: not "rlhf", that is RLHFJob's short name (kubectl get rlhf).
+    return crd_document(
+        PIPELINE_KIND,
+        PIPELINE_PLURAL,
+        PIPELINE_SINGULAR,
+        PIPELINE_SHORT_NAMES,
+        ("all",),
+        root,
+        PRINTER_COLUMNS,
+    )
 
 
 def render_pipeline_crd() -> str:
