@@ -66,6 +66,17 @@ class PromptDataset:
         if self._inputs is not None:
             return
         src = self.source
+        rows = self._checked_rows([("labelKey", src.label_key)] if src.label_key is not None else [])
+        self._inputs = list(rows[src.input_key])
+        self._labels = list(rows[src.label_key]) if src.label_key is not None else [None] * len(self._inputs)
+        # Catch a wrongly typed column now rather than in the middle of training.
+        self.format(self._inputs[0], 0)
+
+    def _checked_rows(self, columns: list[tuple[str, str]]) -> Any:
+        """The source's rows (at most maxSamples) after the checks every dataset shares: a chat
+        template the tokenizer has, the input column and `columns` ((field key, column) pairs)
+        present, at least one row. DataConfigError naming the field otherwise."""
+        src = self.source
         if src.chat_template and (
             self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None)
         ):
@@ -74,20 +85,17 @@ class PromptDataset:
                 "set chatTemplate: false (optionally with an inputTemplate)"
             )
         rows = load_rows(src, self.field)
-        columns = list(rows.column_names)
-        for key, value in (("inputKey", src.input_key), ("labelKey", src.label_key)):
-            if value is not None and value not in columns:
+        names = list(rows.column_names)
+        for key, column in [("inputKey", src.input_key), *columns]:
+            if column not in names:
                 raise DataConfigError(
-                    f"{self.field}.{key}: column '{value}' not found; columns: {', '.join(columns) or '(none)'}"
+                    f"{self.field}.{key}: column '{column}' not found; columns: {', '.join(names) or '(none)'}"
                 )
         if len(rows) == 0:
             raise DataConfigError(f"{self.field}: no rows in {src.path or src.dataset}")
         if src.max_samples is not None and src.max_samples < len(rows):
             rows = rows.select(range(src.max_samples))
-        self._inputs = list(rows[src.input_key])
-        self._labels = list(rows[src.label_key]) if src.label_key is not None else [None] * len(self._inputs)
-        # Catch a wrongly typed column now rather than in the middle of training.
-        self.format(self._inputs[0], 0)
+        return rows
 
     # ---------------------------------------------------------------- formatting
 

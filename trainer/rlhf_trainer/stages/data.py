@@ -13,7 +13,7 @@ from typing import Any
 from ..api.spec import PromptSource
 from ..api.stages import STAGE_COLUMNS
 from ..data import PromptDataset
-from ..data.loading import DataConfigError, load_rows
+from ..data.loading import DataConfigError
 
 _ATTRIBUTE = {
     "responseKey": "response_key",
@@ -58,25 +58,7 @@ class ExampleDataset(PromptDataset):
         if self._inputs is not None:
             return
         src = self.source
-        if src.chat_template and (
-            self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None)
-        ):
-            raise DataConfigError(
-                f"{self.field}.chatTemplate: the tokenizer has no chat template; "
-                "set chatTemplate: false (optionally with an inputTemplate)"
-            )
-        rows = load_rows(src, self.field)
-        names = list(rows.column_names)
-        for key, column in [("inputKey", src.input_key), *self.columns.values()]:
-            if column not in names:
-                raise DataConfigError(
-                    f"{self.field}.{key}: column '{column}' not found; "
-                    f"columns: {', '.join(names) or '(none)'}"
-                )
-        if len(rows) == 0:
-            raise DataConfigError(f"{self.field}: no rows in {src.path or src.dataset}")
-        if src.max_samples is not None and src.max_samples < len(rows):
-            rows = rows.select(range(src.max_samples))
+        rows = self._checked_rows(list(self.columns.values()))
         self._inputs = list(rows[src.input_key])
         values = {role: list(rows[column]) for role, (_, column) in self.columns.items()}
         self._labels = [{role: values[role][i] for role in values} for i in range(len(self._inputs))]
