@@ -814,3 +814,19 @@ def test_kuberay_makes_a_raycluster_requesting_the_jobs_gpus(
     assert "nvidia.com/gpu" not in json.dumps(head["containers"][0].get("resources", {}))
     job = api.wait_phase(namespace, "ppo", "Initializing", timeout=60)
     assert job["status"]["rayJob"]["rayClusterName"] == cluster["metadata"]["name"]
+
+
+@pytest.mark.parametrize("cause", ["unschedulable", "image-pull", "admission"])
+def test_stuck_pods(shared_operator, api, kubectl, kubeconfig, job_namespace, cause):
+    """Pods that cannot start are reported (StartupBlocked, an event) and fail the job at its
+    pre-running deadline. (A short name: the namespace is named after the test and its cause.)"""
+    from startup_scenario import EXPECTED_REASON, run_startup_scenario
+
+    namespace = job_namespace
+    kubectl.apply(example("grpo-qwen2.5-7b-math", "stuck", preRunningDeadlineSeconds=15), namespace=namespace)
+    client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+    final = run_startup_scenario(client, namespace, "stuck", cause, condition_timeout=60, deadline_timeout=60)
+    print(f"[startup] {cause}: StartupBlocked after {final['status']['seconds_to_condition']} s")
+    reasons = [e["reason"] for e in kubectl.json("get", "events", namespace=namespace)["items"]]
+    assert EXPECTED_REASON[cause] in reasons and "Failed" in reasons, reasons
+    assert reasons.count(EXPECTED_REASON[cause]) == 1, reasons  # once, not on every reconcile

@@ -1,4 +1,4 @@
-"""The `rlhf` command: validate, crds, render, run, train, operator.
+"""The `rlhf` command: validate, crds, render, run, train, logs, operator.
 
 Each subcommand imports what it needs when it runs, so `rlhf validate` stays light (no torch).
 """
@@ -204,6 +204,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_config_file(args.config)
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .logs import run_logs
+
+    return run_logs(args.job, args.namespace, args.follow, args.attempt, args.kubeconfig)
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     from rlhf_operator.main import run_operator
 
@@ -272,6 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", required=True, metavar="FILE", help="trainer config (YAML) rendered by the operator"
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "logs", help="print the trainer's output of a job on the cluster (its submitter pod's log)"
+    )
+    p.add_argument("job", metavar="JOB", help="RLHFJob name")
+    p.add_argument("-n", "--namespace", default=None, help="namespace (default: the kubeconfig context's)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep streaming until the trainer ends")
+    p.add_argument(
+        "--attempt", type=int, default=None, help="attempt N (0 first; default: the current, status.attempt)"
+    )
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig (default: KUBECONFIG or ~/.kube/config)")
+    p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("operator", help="run the operator")
     p.add_argument(

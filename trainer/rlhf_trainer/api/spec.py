@@ -598,14 +598,19 @@ class PromptSource(ApiModel):
     )
     split: str = Field(default="train", min_length=1, max_length=128, description="Dataset split.")
     input_key: str = Field(
-        default="prompt", min_length=1, max_length=256, description="Column holding the prompt text."
+        default="prompt",
+        min_length=1,
+        max_length=256,
+        description="Column holding the prompt: a string, or (with chatTemplate: true) a list of chat "
+        'messages [{"role": "user", "content": "..."}]. Formats per algorithm: docs/data.md.',
     )
     label_key: str | None = Field(
         default=None,
         min_length=1,
         max_length=256,
-        description="Column holding the label passed to reward functions (kto: the desirable/undesirable "
-        "boolean, default label).",
+        description="Column holding the label passed to reward functions, e.g. the reference answer "
+        "that boxed_answer compares with the last \\boxed{...} of a response (kto: the "
+        "desirable/undesirable boolean, default label). A row without it is invalid (see invalidRows).",
     )
     response_key: str | None = Field(
         default=None,
@@ -641,6 +646,13 @@ class PromptSource(ApiModel):
     )
     max_samples: int | None = Field(
         default=None, ge=1, le=INT32_MAX, description="Use at most this many rows."
+    )
+    invalid_rows: Literal["fail", "skip"] = Field(
+        default="fail",
+        description="Every row is checked when the data loads, before the first step (the input a "
+        "string, or chat messages with chatTemplate; the label present when labelKey is set; the "
+        "stage's columns of the right type). fail: stop with the first bad row's number and field. "
+        "skip: drop bad rows and log how many.",
     )
 
     rules = (
@@ -906,6 +918,15 @@ class RLHFJobSpec(ApiModel):
     )
     active_deadline_seconds: int | None = Field(
         default=None, ge=1, le=INT32_MAX, description="Fail the job after this long."
+    )
+    pre_running_deadline_seconds: int = Field(
+        default=1800,
+        ge=0,
+        le=INT32_MAX,
+        description="Fail the job when an attempt has not started training this long after its RayJob "
+        "was created (or the job was resumed): pods that cannot be scheduled, pulled or started never "
+        "leave Initializing otherwise. The reason pods are stuck is in the StartupBlocked condition. "
+        "0: no deadline. Applies in place.",
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None,
