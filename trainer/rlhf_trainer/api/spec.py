@@ -802,6 +802,36 @@ class CheckpointSpec(ApiModel):
 # infrastructure
 
 
+class ModelCacheSpec(ApiModel):
+    """A shared Hugging Face cache: hub models are downloaded once, into a PVC every pod mounts."""
+
+    claim_name: str = Field(
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="An existing PersistentVolumeClaim in the job's namespace, ReadWriteMany so that "
+        "every pod mounts it. The first pod that loads a hub model downloads it there (the hub "
+        "library locks each file, so the others wait for it instead of downloading it again); later "
+        "pods and later jobs reuse it. Step by step: docs/models.md.",
+    )
+    path: str = Field(
+        default="/cache/huggingface",
+        min_length=2,
+        max_length=PATH_LENGTH,
+        pattern=r"^/.+",
+        description="Where the claim is mounted; HF_HOME is set to it in every pod.",
+    )
+
+    rules = (
+        Rule(
+            cel=f"!(self.path in {_FIXED_DIRS_CEL} || {_FIXED_TREES_CEL}.exists(d, self.path.startsWith(d + '/')))",
+            message="collides with a directory the pods need (/, /etc, /etc/rlhf: the trainer config, "
+            "/dev, /dev/shm, /proc, /sys)",
+            field="path",
+            check=lambda c: not _fixed_mount(c.path),
+        ),
+    )
+
+
 class PodTemplateOverrides(ApiModel):
     node_selector: dict[str, LabelValue] = Field(
         default_factory=dict, max_length=64, description="Node labels every pod must match."
@@ -875,7 +905,10 @@ class WorkerSpec(ApiModel):
 
 class SecretRefs(ApiModel):
     hf_token: SecretKeySelector | None = Field(
-        default=None, description="Secret key holding the HF token (HF_TOKEN)."
+        default=None,
+        description="Secret key holding the HF token (HF_TOKEN), for gated or private hub models and "
+        "datasets. Referenced by the pods only when the job names a hub id (a model, tokenizer or "
+        "dataset that is not a path), so a job of paths runs without the Secret.",
     )
 
 
@@ -891,6 +924,11 @@ class RLHFJobSpec(ApiModel):
     checkpoint: CheckpointSpec | None = Field(
         default=None,
         description="Checkpointing and resume. Unset: no checkpoints; restarts begin from scratch.",
+    )
+    model_cache: ModelCacheSpec | None = Field(
+        default=None,
+        description="A shared cache for hub models (HF ids), mounted on every pod with HF_HOME set to it. "
+        "Unset: each pod downloads hub models into its own filesystem. Not used by models given as paths.",
     )
     image: str | None = Field(
         default=None,
@@ -1003,3 +1041,20 @@ class RLHFJobSpec(ApiModel):
             ),
         ),
     ) + stage_rules()
+
+
+def is_hub_id(name: str) -> bool:
+    """A hub id (`org/name` or `name`) rather than a path: not absolute, not relative with a dot
+    or `~`, at most one `/`."""
+    return not name.startswith(("/", ".", "~")) and name.count("/") <= 1
+
+
+def hub_ids(spec: RLHFJobSpec) -> list[str]:
+    """The hub ids a job loads: models and tokenizers of every role, reward models, datasets."""
+    models = spec.models
+    roles = [models.actor, models.critic, models.reference]
+    names = [n for r in roles if r is not None for n in (r.model, r.tokenizer) if n]
+    names += [source.model for source in models.reward if source.model]
+    names = [n for n in names if is_hub_id(n)]
+    names += [src.dataset for src in (spec.data.prompts, spec.data.eval) if src is not None and src.dataset]
+    return list(dict.fromkeys(names))
