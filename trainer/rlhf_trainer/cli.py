@@ -6,6 +6,7 @@ Each subcommand imports what it needs when it runs, so `rlhf validate` stays lig
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,8 +192,18 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 _LiteralDumper.add_representer(str, _represent_str)
 
 
+def _verbose(args: argparse.Namespace) -> None:
+    """--verbose: a configuration error's traceback goes to the log too (see failures.py)."""
+    if args.verbose:
+        from .failures import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_manifest
+
+    _verbose(args)
 
     job = load_job(args.file)
     return run_manifest(job, output_dir=args.output, backend=args.backend, metrics_port=args.metrics_port)
@@ -200,6 +211,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .runner import run_config_file
+
+    _verbose(args)
 
     return run_config_file(args.config)
 
@@ -271,11 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)"
     )
+    p.add_argument(
+        "--verbose", action="store_true", help="print a configuration error's traceback, not only its line"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="the trainer driver (the RayJob entrypoint)")
     p.add_argument(
         "--config", required=True, metavar="FILE", help="trainer config (YAML) rendered by the operator"
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="print a configuration error's traceback, not only its line"
     )
     p.set_defaults(func=cmd_train)
 
