@@ -77,6 +77,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"{error}  [{where}]", file=sys.stderr)
             failed = failed or bool(errors)
             valid += not errors
+            if job is not None and job.kind == "RLHFJob" and not errors and not args.show_defaults:
+                print(f"{where}: {job.metadata.name}: {pods_summary(job.spec)}")
             if job is not None and job.kind == "RLHFJob" and not errors and args.show_defaults:
                 sys.stdout.write(f"---\n# {where}: the spec this job runs with, every default filled in\n")
                 sys.stdout.write(yaml.safe_dump(full_spec(job), sort_keys=False, width=120))
@@ -106,6 +108,21 @@ def layout_errors(spec: RLHFJobSpec) -> list[FieldError]:
     except RenderError as exc:
         return [FieldError(exc.field, str(exc).split(": ", 1)[1])]
     return []
+
+
+def pods_summary(spec: RLHFJobSpec) -> str:
+    """What the job asks the cluster for, in one line (the details: `rlhf render --layout`)."""
+    from rlhf_operator.placement import plan_layout
+
+    layout = plan_layout(spec)
+    if not layout.groups:
+        return "1 Ray head pod (CPU), no GPU worker pods"
+    groups = ", ".join(f"{g.replicas} pod(s) x {g.gpus_per_pod} nvidia.com/gpu" for g in layout.groups)
+    nodes = sum(g.replicas for g in layout.groups)
+    return (
+        f"1 Ray head pod (CPU) + {groups} = {layout.total_gpus} GPUs on at least {nodes} GPU node(s) "
+        "(`rlhf render --layout` for each role)"
+    )
 
 
 def full_spec(job: RLHFJob) -> dict[str, Any]:
