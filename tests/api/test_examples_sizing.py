@@ -57,3 +57,22 @@ def test_validate_prints_the_pods_a_job_asks_for(capsys):
         "ppo-llama3-8b: 1 Ray head pod (CPU) + 2 pod(s) x 8 nvidia.com/gpu = 16 GPUs on at least 2 GPU node(s)"
         in out
     )
+
+
+def test_validate_render_and_logs_need_only_the_light_install():
+    """docs/quickstart-gpu.md step 5: `pip install .` (no trainer extra) is enough for them."""
+    import subprocess
+    import sys
+
+    example = str(EXAMPLES / "smoke-grpo-qwen2.5-0.5b.yaml")
+    code = (
+        "import sys, contextlib, io\n"
+        "from rlhf_trainer.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert main(['validate', {example!r}]) == 0 and main(['render', {example!r}]) == 0\n"
+        "import rlhf_trainer.logs\n"
+        "heavy = ('torch', 'ray', 'deepspeed', 'transformers', 'numpy', 'datasets', 'vllm')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -256,6 +256,8 @@ def test_a_spec_edit_that_cannot_apply_in_place_is_refused_and_the_rayjob_left_a
     assert result.create_rayjob is None and result.patch_rayjob is None and result.children == []
     refused = cond(result, "SpecChangeRefused")
     assert (refused["status"], refused["reason"]) == ("True", "NotInPlace")
+    assert "Only these fields apply in place: suspend, activeDeadlineSeconds" in refused["message"]
+    assert "delete the job and apply it again" in refused["message"]
     assert refused["message"].startswith("spec.models.actor.model, spec.training.maxSteps: cannot change")
     assert result.status["observedGeneration"] == 2
     assert ("Warning", "SpecChangeRefused") in [(e.type, e.reason) for e in result.events]
