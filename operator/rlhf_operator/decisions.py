@@ -289,8 +289,12 @@ def effective_spec(current: RLHFJobSpec, recorded: dict[str, Any] | None) -> tup
         effective = RLHFJobSpec.model_validate(merged)
     except ValueError:
         return current, []  # an unreadable record (edited by hand): run what the user asks
+    # Against the record read through the model: a field an older operator recorded without (one
+    # with a default added since) is not an edit.
     refused = [
-        path for path in diff_paths(recorded, wanted, "spec") if path.split(".")[1] not in naming.IN_PLACE
+        path
+        for path in diff_paths(effective.to_wire(), wanted, "spec")
+        if path.split(".")[1] not in naming.IN_PLACE
     ]
     return effective, refused
 
