@@ -830,3 +830,46 @@ def test_stuck_pods(shared_operator, api, kubectl, kubeconfig, job_namespace, ca
     reasons = [e["reason"] for e in kubectl.json("get", "events", namespace=namespace)["items"]]
     assert EXPECTED_REASON[cause] in reasons and "Failed" in reasons, reasons
     assert reasons.count(EXPECTED_REASON[cause]) == 1, reasons  # once, not on every reconcile
+
+
+def test_kuberay_pods_carry_the_jobs_labels_and_a_stuck_job_loses_its_cluster_at_the_deadline(
+    kuberay_operator, operators, api, kubectl, kubeconfig, namespace
+):
+    """With the real KubeRay: its head pod carries rlhf.io/job (so the operator finds it), the
+    scheduler's Unschedulable status on it becomes StartupBlocked, and at the pre-running deadline
+    the suspended RayJob makes KubeRay delete the Ray cluster."""
+    from startup_scenario import pod_status
+
+    operators.start(namespace, managed_by=None)
+    kubectl.apply(
+        example("grpo-qwen2.5-7b-math", "kr-stuck", preRunningDeadlineSeconds=30), namespace=namespace
+    )
+    core = k8s_client.CoreV1Api(k8s_config.new_client_from_config(config_file=str(kubeconfig)))
+    selector = "rlhf.io/job=kr-stuck,rlhf.io/attempt=0,rlhf.io/role=head"
+
+    def head_pod() -> Any:
+        items = core.list_namespaced_pod(namespace, label_selector=selector).items
+        return items[0] if items else None
+
+    pod = eventually(head_pod, 90, "KubeRay to create the head pod", interval=0.5)
+    core.patch_namespaced_pod_status(
+        pod.metadata.name, namespace, {"status": pod_status("unschedulable", pod.spec.containers[0].image)}
+    )
+
+    def blocked() -> dict[str, Any] | None:
+        job = api.job(namespace, "kr-stuck")
+        conds = {c["type"]: c for c in (job.get("status") or {}).get("conditions") or []}
+        cond = conds.get("StartupBlocked")
+        return cond if cond and cond["reason"] == "Unschedulable" else None
+
+    cond = eventually(blocked, 30, "StartupBlocked=Unschedulable", interval=0.5)
+    assert pod.metadata.name in cond["message"] and "Insufficient nvidia.com/gpu" in cond["message"]
+    job = api.wait_phase(namespace, "kr-stuck", "Failed", timeout=60)
+    assert condition(job, "Failed")["reason"] == "PreRunningDeadlineExceeded"
+
+    def cluster_gone() -> bool:
+        deployment = (api.rayjob(namespace, "kr-stuck-a0").get("status") or {}).get("jobDeploymentStatus")
+        clusters = kubectl.json("get", "rayclusters.ray.io", namespace=namespace)["items"]
+        return deployment == "Suspended" and not clusters
+
+    eventually(cluster_gone, 90, "KubeRay to suspend the RayJob and delete its RayCluster", interval=0.5)
