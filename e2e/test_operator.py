@@ -873,3 +873,41 @@ def test_kuberay_pods_carry_the_jobs_labels_and_a_stuck_job_loses_its_cluster_at
         return deployment == "Suspended" and not clusters
 
     eventually(cluster_gone, 90, "KubeRay to suspend the RayJob and delete its RayCluster", interval=0.5)
+
+
+def test_kuberay_pods_refused_by_a_gpu_quota_are_reported(
+    kuberay_operator, operators, api, kubectl, namespace
+):
+    """A ResourceQuota (real admission) refuses the GPU worker pods KubeRay creates: KubeRay's
+    Warning event becomes StartupBlocked=AdmissionRefused with the server's message."""
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "no-gpus"},
+            "spec": {"hard": {"requests.nvidia.com/gpu": "0"}},
+        },
+        namespace=namespace,
+    )
+    eventually(
+        lambda: (
+            kubectl.json("get", "resourcequota", "no-gpus", namespace=namespace).get("status", {}).get("hard")
+        ),
+        30,
+        "the quota controller to fill in the quota's status",
+        interval=0.5,
+    )
+    operators.start(namespace, managed_by=None)
+    kubectl.apply(example("grpo-qwen2.5-7b-math", "kr-quota"), namespace=namespace)
+
+    def refused() -> dict[str, Any] | None:
+        conds = {
+            c["type"]: c for c in (api.job(namespace, "kr-quota").get("status") or {}).get("conditions") or []
+        }
+        cond = conds.get("StartupBlocked")
+        return cond if cond and cond["reason"] == "AdmissionRefused" else None
+
+    cond = eventually(refused, 90, "StartupBlocked=AdmissionRefused", interval=0.5)
+    assert "exceeded quota: no-gpus" in cond["message"], cond
+    reasons = [e["reason"] for e in kubectl.json("get", "events", namespace=namespace)["items"]]
+    assert "AdmissionRefused" in reasons, reasons
