@@ -187,9 +187,13 @@ def deadline_seconds(body: dict[str, Any]) -> int:
 
 
 def starting_since(rayjob: dict[str, Any], previous: dict[str, Any]) -> datetime | None:
-    """When the current attempt began starting: its RayJob's creation, or the job's resumption
-    (the Suspended condition turning False) when that is later."""
-    times = [(rayjob.get("metadata") or {}).get("creationTimestamp")]
+    """When the current attempt began starting, the latest of: its RayJob's creation, KubeRay's
+    status.startTime (set each time the RayJob enters Initializing: after a Kueue admission or a
+    resumption too), and the job's resumption (the Suspended condition turning False)."""
+    times = [
+        (rayjob.get("metadata") or {}).get("creationTimestamp"),
+        (rayjob.get("status") or {}).get("startTime"),
+    ]
     # Suspended turns False when the job resumes (before any suspension: at its first reconcile).
     resumed = _condition(previous, st.SUSPENDED)
     if resumed is not None and resumed.get("status") == "False":
@@ -202,7 +206,8 @@ def starting_since(rayjob: dict[str, Any], previous: dict[str, Any]) -> datetime
 def deadline_exceeded(body: dict[str, Any], rayjob: dict[str, Any], phase: str | None, now: datetime) -> bool:
     """The current attempt is still starting after spec.preRunningDeadlineSeconds."""
     seconds = deadline_seconds(body)
-    if seconds == 0 or phase not in STARTING_PHASES or (body.get("spec") or {}).get("suspend"):
+    suspended = (body.get("spec") or {}).get("suspend") or (rayjob.get("spec") or {}).get("suspend")
+    if seconds == 0 or phase not in STARTING_PHASES or suspended:  # a suspended RayJob: also Kueue's queue
         return False
     since = starting_since(rayjob, body.get("status") or {})
     return since is not None and (now - since).total_seconds() >= seconds

@@ -118,6 +118,10 @@ def test_the_deadline_runs_from_the_rayjob_or_the_resumption_and_only_while_star
     assert not startup.deadline_exceeded(job(60, suspend=True), old, "Pending", NOW)
     resumed = job(60, suspended_since=NOW - timedelta(seconds=10))
     assert not startup.deadline_exceeded(resumed, old, "Initializing", NOW)
+    queued = {**old, "spec": {"suspend": True}}  # Kueue holds the RayJob suspended until admitted
+    assert not startup.deadline_exceeded(job(60), queued, "Pending", NOW)
+    admitted = {**old, "status": {"startTime": (NOW - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")}}
+    assert not startup.deadline_exceeded(job(60), admitted, "Initializing", NOW)  # KubeRay's startTime counts
     # the default applies when the field is unset
     assert startup.deadline_seconds(job()) == startup.DEFAULT_DEADLINE_SECONDS == 1800
 

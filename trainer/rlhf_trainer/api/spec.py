@@ -961,9 +961,10 @@ class RLHFJobSpec(ApiModel):
         default=1800,
         ge=0,
         le=INT32_MAX,
-        description="Fail the job when an attempt has not started training this long after its RayJob "
-        "was created (or the job was resumed): pods that cannot be scheduled, pulled or started never "
-        "leave Initializing otherwise. The reason pods are stuck is in the StartupBlocked condition. "
+        description="Fail the job when an attempt has not started training this long after its Ray "
+        "cluster began starting (the RayJob created, started by KubeRay, or resumed; not while it is "
+        "suspended, e.g. queued by Kueue): pods that cannot be scheduled, pulled or started never "
+        "leave Initializing otherwise; the Ray cluster is then deleted. The reason pods are stuck is in the StartupBlocked condition. "
         "0: no deadline. Applies in place.",
     )
     ttl_seconds_after_finished: int | None = Field(
