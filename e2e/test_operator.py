@@ -842,7 +842,10 @@ def test_kuberay_pods_carry_the_jobs_labels_and_a_stuck_job_loses_its_cluster_at
 
     operators.start(namespace, managed_by=None)
     kubectl.apply(
-        example("grpo-qwen2.5-7b-math", "kr-stuck", preRunningDeadlineSeconds=30), namespace=namespace
+        # No deadline until the cause is reported (KubeRay may take a while to make the pod here);
+        # then a short one, applied in place.
+        example("grpo-qwen2.5-7b-math", "kr-stuck", preRunningDeadlineSeconds=0),
+        namespace=namespace,
     )
     core = k8s_client.CoreV1Api(k8s_config.new_client_from_config(config_file=str(kubeconfig)))
     selector = "rlhf.io/job=kr-stuck,rlhf.io/attempt=0,rlhf.io/role=head"
@@ -864,6 +867,8 @@ def test_kuberay_pods_carry_the_jobs_labels_and_a_stuck_job_loses_its_cluster_at
 
     cond = eventually(blocked, 30, "StartupBlocked=Unschedulable", interval=0.5)
     assert pod.metadata.name in cond["message"] and "Insufficient nvidia.com/gpu" in cond["message"]
+    assert api.phase(namespace, "kr-stuck") == "Initializing"
+    api.patch_job(namespace, "kr-stuck", {"spec": {"preRunningDeadlineSeconds": 5}})
     job = api.wait_phase(namespace, "kr-stuck", "Failed", timeout=60)
     assert condition(job, "Failed")["reason"] == "PreRunningDeadlineExceeded"
 
