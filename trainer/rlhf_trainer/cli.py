@@ -79,6 +79,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             valid += not errors
             if job is not None and job.kind == "RLHFJob" and not errors and not args.show_defaults:
                 print(f"{where}: {job.metadata.name}: {pods_summary(job.spec)}")
+                from .hints import cluster_notes
+
+                for note in cluster_notes(job.spec):
+                    print(f"{where}: note: {note}")
             if job is not None and job.kind == "RLHFJob" and not errors and args.show_defaults:
                 sys.stdout.write(f"---\n# {where}: the spec this job runs with, every default filled in\n")
                 sys.stdout.write(yaml.safe_dump(full_spec(job), sort_keys=False, width=120))
