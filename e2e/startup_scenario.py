@@ -192,7 +192,7 @@ def run_startup_scenario(
     if cause == "admission" and play_node:
         assert "exceeded quota" in cond["message"], cond
     if cause == "image-pull":
-        assert "ImagePullBackOff" in cond["message"], cond
+        assert "ImagePullBackOff" in cond["message"] or "ErrImagePull" in cond["message"], cond
 
     def failed() -> dict[str, Any] | None:
         body = read_job()
