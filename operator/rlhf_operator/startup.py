@@ -244,7 +244,13 @@ def deadline_plan(
     ctx = st.StatusContext(
         previous, rfc3339(now), meta.get("generation"), attempt, extra=startup_conditions(previous, problem)
     )
-    desired = st.ended_status(ctx, "Failed", st.rayjob_ref(rayjob, rayjob_name), state, {"startTime": None})
+    desired = st.ended_status(
+        ctx,
+        "Failed",
+        st.rayjob_ref(rayjob, rayjob_name),
+        state,
+        {"startTime": (rayjob.get("status") or {}).get("startTime")},
+    )
     plan = decisions.Plan(patch_rayjob=(rayjob_name, {"spec": {"suspend": True}}))
     return decisions.finish(plan, previous, desired, "Failed", f"{DEADLINE_REASON}: {message}")
 
