@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/run.py [--only NAME ...] [--skip NAME ...] [--quick] [--update-readme]
 
-NAME is one of rvi, trainer_vs_trl, grpovi_vs_grpo, operator_scale, vllm_vs_hf. --quick runs each with a
+NAME is one of rvi, trainer_vs_trl, trainer_vs_trl_qwen2, grpovi_vs_grpo, grpovi_continuous,
+operator_scale, vllm_vs_hf. --quick runs each with a
 smaller size (minutes, for a smoke check; its numbers are not the ones to quote). Each benchmark
 runs in its own process; one that fails is reported and the others still run (exit 1 at the end).
 --update-readme writes the table between the results markers of bench/README.md.
@@ -34,6 +35,22 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
         "bench/bench_trainer_vs_trl.py",
         ["--steps", "10", "--rounds", "2", "--ray", "--vllm"],
         ["--steps", "4", "--rounds", "1", "--settings", "1-thread"],
+    ),
+    "trainer_vs_trl_qwen2": (
+        "bench/bench_trainer_vs_trl.py",
+        [
+            "--workload",
+            "qwen2-3.5m",
+            "--steps",
+            "8",
+            "--rounds",
+            "2",
+            "--ray",
+            "--settings",
+            "passive",
+            "default",
+        ],
+        ["--workload", "qwen2-3.5m", "--steps", "4", "--rounds", "1", "--settings", "passive"],
     ),
     "grpovi_vs_grpo": (
         "bench/bench_grpovi_vs_grpo.py",
