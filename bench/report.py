@@ -69,7 +69,9 @@ def rows_grpovi(r: dict[str, Any]) -> list[list[str]]:
 
     return [
         [
-            "GRPOVI vs GRPO learning speed (make demo task)",
+            "GRPOVI vs GRPO learning speed ("
+            + ("continuous bunched reward" if r.get("task_name") == "continuous" else "make demo task")
+            + ")",
             f"seeds {', '.join(map(str, r['seeds']))}; {r['steps']} steps; MA{r['window']}",
             side("grpovi"),
             side("grpo"),
@@ -137,6 +139,7 @@ ROWS = {
     "trainer_vs_trl": rows_trainer_vs_trl,
     "trainer_vs_trl_qwen2": rows_trainer_vs_trl,
     "grpovi_vs_grpo": rows_grpovi,
+    "grpovi_continuous": rows_grpovi,
     "operator_scale": rows_operator,
     "vllm_vs_hf": rows_vllm_vs_hf,
 }
