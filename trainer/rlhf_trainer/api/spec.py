@@ -705,7 +705,8 @@ class TrainingSpec(ApiModel):
         description="Padding-free passes: the actor and reference pack the samples of a micro batch into "
         "one sequence (position ids restart per sample; attention stays within a sample: flash-attention's "
         "variable-length kernels where the model uses them, per-sample attention otherwise), so padding "
-        "costs nothing. Same losses and gradients as unpacked (up to float rounding). Default true.",
+        "costs nothing. Same losses and gradients as unpacked (up to float rounding). Default true. Not used "
+        "by offline stages.",
     )
     micro_batch_tokens: int = Field(
         default=0,
@@ -715,7 +716,8 @@ class TrainingSpec(ApiModel):
         "packing): each train batch is cut, in order, into micro batches of at most this many tokens (a "
         "longer sample goes alone), so long and short samples cost what they contain; each micro batch's "
         "loss is weighted by its share of the train batch (tokens for token-mean aggregation, samples "
-        "otherwise). 0 (default): microBatchSize samples per pass. One actor worker only.",
+        "otherwise). 0 (default): microBatchSize samples per pass. One actor worker only. Not used by offline "
+        "stages.",
     )
     max_staleness: int = Field(
         default=1,
@@ -726,7 +728,7 @@ class TrainingSpec(ApiModel):
         "rollout engines, or a background thread when the actor generates), its samples one version old; "
         "the rollout correction (algorithm.rolloutCorrection) reweights them by the trainer's over the "
         "sampler's probabilities, and rollout/staleness reports the lag. 0: generate, then train (the "
-        "synchronous loop).",
+        "synchronous loop). Not used by offline stages.",
     )
     max_steps: int = Field(
         default=DEFAULT_MAX_STEPS,
