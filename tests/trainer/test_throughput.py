@@ -207,3 +207,15 @@ def test_staleness_one_on_ray(demo_assets: dict[str, str], tmp_path: Path) -> No
     rows = metrics(tmp_path / "out")
     assert [r["rollout/staleness"] for r in rows] == [0.0, 1.0, 1.0]
     assert rows[-1]["perf/weight_sync_bytes"] > 0
+
+
+def test_overlapped_cpu_roles_split_the_cores_they_were_placed_on() -> None:
+    from rlhf_trainer.backends.placement import WorkerPlacement
+    from rlhf_trainer.role_groups import role_threads
+
+    half = WorkerPlacement(bundle=0, num_gpus=0.0, num_cpus=1.0)
+    assert role_threads(half, 2, plan_cpus=2.0, overlapped=True) == 1
+    assert role_threads(half, 16, plan_cpus=2.0, overlapped=True) == 8
+    assert role_threads(half, 2, plan_cpus=2.0, overlapped=False) == 2  # roles take turns
+    gpu = WorkerPlacement(bundle=0, num_gpus=1.0, num_cpus=1.0)
+    assert role_threads(gpu, 0, plan_cpus=2.0, overlapped=True) == 0
