@@ -18,6 +18,7 @@ the loss code is the same for both paths.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 
 from .algorithms import entropy_from_logits, logprobs_from_logits
 from .rollout_batch import RolloutBatch
+
+log = logging.getLogger(__name__)
 
 ATTENTION = "rlhf_packed"
 VARLEN = ("flash_attention_2", "flash_attention_3")
@@ -108,15 +111,19 @@ def packed_policy_forward(
     return logprobs, entropy
 
 
-def enable_packing(model: torch.nn.Module) -> None:
+def enable_packing(model: torch.nn.Module) -> bool:
     """Let `model` run packed micro batches: variable-length flash attention where the model
     already uses it, else the per-sample `rlhf_packed` attention (which runs ordinary sdpa for
-    unpacked calls, e.g. generation)."""
-    register_attention()
+    unpacked calls, e.g. generation). False (the model runs unpacked) for a model whose attention
+    is not pluggable (transformers' `_supports_attention_backend`)."""
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "_attn_implementation", None) in VARLEN:
-        return
-    model.set_attn_implementation(ATTENTION)
+    if config is None or not getattr(model, "_supports_attention_backend", False):
+        log.warning("%s: attention is not pluggable, micro batches run unpacked", type(model).__name__)
+        return False
+    register_attention()
+    if getattr(config, "_attn_implementation", None) not in VARLEN:
+        model.set_attn_implementation(ATTENTION)
+    return True
 
 
 def register_attention() -> None:

@@ -42,9 +42,8 @@ class ActorRole:
         role = spec.models.actor
         self.tokenizer = load_tokenizer(role.tokenizer or role.model, role.trust_remote_code)
         model = load_causal_lm(role, dist.use_gpu, FIELD, trainable=True).to(self.device)
-        if spec.training.packing:
-            enable_packing(model)
-        self.forward = packed_policy_forward if spec.training.packing else policy_forward
+        packed = spec.training.packing and enable_packing(model)
+        self.forward = packed_policy_forward if packed else policy_forward
         self.engine = TrainingEngine(
             model, role, spec.training, self.plan, spec.training.actor_learning_rate, dist.use_gpu
         )

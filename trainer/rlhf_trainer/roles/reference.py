@@ -24,9 +24,8 @@ class ReferenceRole:
         self.model = load_causal_lm(spec.models.reference, dist.use_gpu, FIELD, trainable=False).to(
             self.device
         )
-        if spec.training.packing:
-            enable_packing(self.model)
-        self.forward = packed_policy_forward if spec.training.packing else policy_forward
+        packed = spec.training.packing and enable_packing(self.model)
+        self.forward = packed_policy_forward if packed else policy_forward
 
     def ready(self) -> bool:
         return True
