@@ -219,3 +219,15 @@ def test_overlapped_cpu_roles_split_the_cores_they_were_placed_on() -> None:
     assert role_threads(half, 2, plan_cpus=2.0, overlapped=False) == 2  # roles take turns
     gpu = WorkerPlacement(bundle=0, num_gpus=1.0, num_cpus=1.0)
     assert role_threads(gpu, 0, plan_cpus=2.0, overlapped=True) == 0
+
+
+@pytest.mark.usefixtures("tiny_rewards")
+def test_a_token_budget_job_trains_through_deepspeed(demo_assets: dict[str, str], tmp_path: Path) -> None:
+    """Micro batches of one or two samples (12 tokens) with boundaries set by the cut: the
+    optimizer steps (a gradient norm is recorded only when it does)."""
+    doc = manifest(
+        demo_assets["model"], demo_assets["prompts"], overrides={"training": {"microBatchTokens": 12}}
+    )
+    assert run(doc, tmp_path / "out") == 0
+    rows = metrics(tmp_path / "out")
+    assert len(rows) == 2 and all(r["actor/grad_norm"] > 0 for r in rows)
