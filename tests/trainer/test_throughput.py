@@ -108,7 +108,7 @@ def test_token_budget_micro_batches_add_up_to_the_train_batch_loss(demo_assets: 
         adv = adv[start : start + micro.size, : mask.shape[1]]
         part = -(logprobs * adv * mask).sum() / mask.sum()
         (part * share.weight).backward()
-        total += float(part) * share.weight
+        total += float(part.detach()) * share.weight
         start += micro.size
     assert total == pytest.approx(loss, rel=LOSS_RTOL)
     for name, param in model.named_parameters():
