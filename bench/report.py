@@ -34,20 +34,23 @@ def rows_rvi(r: dict[str, Any]) -> list[list[str]]:
 def rows_trainer_vs_trl(r: dict[str, Any]) -> list[list[str]]:
     rows = []
     w = r["workload"]
+    label = "qwen2-3.5m workload, " if w.get("name") == "qwen2-3.5m" else ""
     for comp in r["comparisons"]:
         trl = comp["sides"]["trl"]
         for name, speedup in comp["speedup_vs_trl"].items():
             ours = comp["sides"][name]
+            median = (comp.get("speedup_vs_trl_median") or {}).get(name)
             rows.append(
                 [
-                    f"trainer ({name}) vs TRL {w['trl_version']} GRPOTrainer, CPU, {comp['setting']}",
+                    f"trainer ({name}) vs TRL {w['trl_version']} GRPOTrainer, CPU, {label}{comp['setting']}",
                     f"{w['samples_per_step']} samples/step; {w['steps'] - w['warmup_steps']} timed steps x "
                     f"{w['rounds']} runs",
                     f"{_f(ours['seconds_per_step'])} s/step, {_f(ours['samples_per_s'], '.1f')} samples/s, "
                     f"{_f(ours['generated_tokens_per_s'], '.0f')} gen tok/s",
                     f"{_f(trl['seconds_per_step'])} s/step, {_f(trl['samples_per_s'], '.1f')} samples/s, "
                     f"{_f(trl['generated_tokens_per_s'], '.0f')} gen tok/s",
-                    f"**{_f(speedup)}x** TRL's speed",
+                    f"**{_f(speedup)}x** TRL's speed"
+                    + (f" (median steps {_f(median)}x)" if median is not None else ""),
                 ]
             )
     return rows
@@ -66,7 +69,9 @@ def rows_grpovi(r: dict[str, Any]) -> list[list[str]]:
 
     return [
         [
-            "GRPOVI vs GRPO learning speed (make demo task)",
+            "GRPOVI vs GRPO learning speed ("
+            + ("continuous bunched reward" if r.get("task_name") == "continuous" else "make demo task")
+            + ")",
             f"seeds {', '.join(map(str, r['seeds']))}; {r['steps']} steps; MA{r['window']}",
             side("grpovi"),
             side("grpo"),
@@ -132,7 +137,9 @@ def rows_vllm_vs_hf(r: dict[str, Any]) -> list[list[str]]:
 ROWS = {
     "rvi": rows_rvi,
     "trainer_vs_trl": rows_trainer_vs_trl,
+    "trainer_vs_trl_qwen2": rows_trainer_vs_trl,
     "grpovi_vs_grpo": rows_grpovi,
+    "grpovi_continuous": rows_grpovi,
     "operator_scale": rows_operator,
     "vllm_vs_hf": rows_vllm_vs_hf,
 }

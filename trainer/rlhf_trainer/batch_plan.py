@@ -80,3 +80,36 @@ def plan_batches(spec: RLHFJobSpec, data_parallel: int = 1) -> BatchPlan:
         gradient_accumulation=training.train_batch_size // per_pass,
         max_steps=training.max_steps,
     )
+
+
+@dataclass(frozen=True)
+class MicroShare:
+    """How one token-budget micro batch enters its optimizer step."""
+
+    weight: float
+    """Its share of the train batch's loss: response tokens (token-mean) or samples otherwise."""
+    boundary: bool
+    """True for the last micro batch of a train batch (the optimizer steps after it)."""
+
+
+def token_budget_ranges(lengths: list[int], budget: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges whose token counts sum to at most `budget` (a longer row goes alone)."""
+    ranges: list[tuple[int, int]] = []
+    start, used = 0, 0
+    for i, length in enumerate(lengths):
+        if i > start and used + length > budget:
+            ranges.append((start, i))
+            start, used = i, 0
+        used += length
+    if start < len(lengths):
+        ranges.append((start, len(lengths)))
+    return ranges
+
+
+def check_token_budget(spec: RLHFJobSpec, data_parallel: int) -> None:
+    """Token-budget micro batches differ in number per worker: one training worker only."""
+    if spec.training.micro_batch_tokens and data_parallel > 1:
+        raise BatchConfigError(
+            f"spec.training.microBatchTokens: token-budget micro batches need one actor worker, the actor "
+            f"has {data_parallel} (set microBatchTokens: 0 to use microBatchSize)"
+        )

@@ -3,7 +3,8 @@
 One step: generate n samples per prompt -> rewards -> reference log-probs, old log-probs, values
 -> advantages (the estimator named by spec.algorithm.name) -> PPO epochs over micro batches
 (actor, and critic for ppo) -> weight sync to the rollout engines -> telemetry -> checkpoint.
-Each phase is timed as `timing/<phase>_s`.
+Each phase is timed as `timing/<phase>_s`. With spec.training.maxStaleness > 0 the next rollouts
+are generated while the actor trains (pipeline.RolloutPipeline); 0 runs the phases one after another.
 """
 
 from __future__ import annotations
@@ -109,24 +110,48 @@ class RLLoop:
     # ---------------------------------------------------------------- run
 
     def run(self, start_step: int) -> LoopResult:
+        from .pipeline import RolloutPipeline
+
         result = LoopResult(steps_run=0)
-        for step in range(start_step + 1, self.spec.training.max_steps + 1):
-            metrics = self.step(step, result)
-            self.telemetry.log_step(step, metrics)
-            result.steps_run += 1
-            result.rewards.append(metrics["reward/mean"])
-            result.step_seconds.append(metrics["timing/step_s"])
+        pipeline = RolloutPipeline.for_loop(self, start_step)
+        try:
+            for step in range(start_step + 1, self.spec.training.max_steps + 1):
+                metrics = self.step(step, result) if pipeline is None else pipeline.step(step, result)
+                self.telemetry.log_step(step, metrics)
+                result.steps_run += 1
+                result.rewards.append(metrics["reward/mean"])
+                result.step_seconds.append(metrics["timing/step_s"])
+        finally:
+            if pipeline is not None:
+                pipeline.close()
         return result
 
     def step(self, step: int, result: LoopResult) -> dict[str, float]:
+        """One synchronous step: generate with the current policy, then learn from it."""
         started = time.perf_counter()
         timer = PhaseTimer()
-        n = self.spec.algorithm.samples_per_prompt
         prompts = self.dataset.next_batch(self.spec.training.rollout_batch_size)
         with timer("generate"):
-            output = self._generate(prompts, n)
+            output = self._generate(prompts, self.spec.algorithm.samples_per_prompt)
             if self.engine_sync is not None:
                 self.engine_sync.sleep_engines()  # colocated on GPU: free it for the other roles
+        return self.learn(step, result, prompts, output, timer, started)
+
+    def learn(
+        self,
+        step: int,
+        result: LoopResult,
+        prompts: list[Prompt],
+        output: GenerationOutput,
+        timer: PhaseTimer,
+        started: float,
+        sync: Callable[[], None] | None = None,
+        data_state: dict[str, Any] | None = None,
+        before_eval: Callable[[], None] | None = None,
+    ) -> dict[str, float]:
+        """Everything after generation: rewards, scores, advantages, updates, weight sync (`sync`,
+        default sync_weights), checkpoint (with `data_state`, default the dataset's) and eval."""
+        n = self.spec.algorithm.samples_per_prompt
         batch = RolloutBatch.from_generation(output)
         texts = [p.text for p in prompts for _ in range(n)]
         labels = [p.label for p in prompts for _ in range(n)]
@@ -159,7 +184,7 @@ class RLLoop:
         metrics.update({key: float(value) for key, value in advantages.metrics.items()})
         metrics.update(self._train(batch, timer))
         with timer("weight_sync"):
-            self.sync_weights()
+            (sync or self.sync_weights)()
         if self.roles.rollout is not None:
             metrics["perf/weight_sync_bytes"] = float(self.weight_sync_bytes)
 
@@ -167,11 +192,13 @@ class RLLoop:
         if self.checkpointer is not None and self.checkpointer.due(step):
             with timer("checkpoint"):
                 saved = self.checkpointer.save(
-                    step, self.roles, self.backend, {"data": self.dataset.state_dict()}
+                    step, self.roles, self.backend, {"data": data_state or self.dataset.state_dict()}
                 )
             result.checkpoints.append(saved)
             self.telemetry.checkpoint_saved(saved.step, saved.path, saved.hf_path)
         if self.eval_dataset is not None and step % self.spec.training.eval_every_steps == 0:
+            if before_eval is not None:
+                before_eval()
             metrics.update(self.evaluate())
         elapsed = time.perf_counter() - started
         metrics.setdefault("kl/mean", 0.0)
@@ -269,9 +296,18 @@ class RLLoop:
         if self.engine_sync is not None:
             self.weight_sync_bytes = self.engine_sync.push()
             return
-        weights = self.roles.actor.first("weights", to_cpu=self.backend.remote)
-        self.backend.get(self.roles.rollout.call("update_weights", self.backend.put(weights)))
-        self.weight_sync_bytes = sum(t.numel() * t.element_size() for t in weights.values())
+        self.weight_sync_bytes = self.backend.get(self.push_state_dict())[0]
+
+    def push_state_dict(self) -> list[Any]:
+        """hf engines: the actor's state dict to every engine, pending. On Ray the engines read it
+        from the object store where the actor put it (never through this process); every actor
+        rank takes part (ZeRO-3 gathers) and rank 0's copy is sent. Each engine returns the bytes
+        it received."""
+        assert self.roles.rollout is not None
+        state = self.roles.actor.call("weights", to_cpu=self.backend.remote)
+        if not self.backend.remote:
+            state = self.backend.get(state)
+        return self.roles.rollout.call("update_weights", state[0])
 
     def _reward_metrics(
         self, rewards: torch.Tensor, per_source: dict[str, list[float]], mask: torch.Tensor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .api.spec import RLHFJobSpec
@@ -37,14 +38,32 @@ class Roles:
         return [g for g in groups if g is not None]
 
 
+def role_threads(placement: WorkerPlacement, num_threads: int, plan_cpus: float, overlapped: bool) -> int:
+    """torch threads of a CPU worker. Roles that take turns (the synchronous loop) may each use all
+    `num_threads` cores; roles that run at the same time (stage overlap) get the cores their
+    placement holds, their share of the plan's CPUs, so no two roles' threads fight for a core."""
+    if num_threads <= 0 or placement.num_gpus > 0 or not overlapped or plan_cpus <= 0:
+        return num_threads
+    return max(1, int(num_threads * placement.num_cpus / plan_cpus + 1e-6))
+
+
 def _contexts(
-    backend: Backend, placements: tuple[WorkerPlacement, ...], num_threads: int, process_group: bool
+    backend: Backend,
+    placements: tuple[WorkerPlacement, ...],
+    num_threads: int,
+    process_group: bool,
+    threads: Callable[[WorkerPlacement], int] | None = None,
 ) -> list[DistributedContext]:
     """Data-parallel workers share one process group; replicas (rollout engines, reward models)
     are independent and only use their rank as the replica index (it offsets their seeds)."""
+    if threads is None:
+
+        def threads(_: WorkerPlacement) -> int:
+            return num_threads
+
     if not process_group:
         return [
-            DistributedContext(rank=i, use_gpu=p.num_gpus > 0, num_threads=num_threads)
+            DistributedContext(rank=i, use_gpu=p.num_gpus > 0, num_threads=threads(p))
             for i, p in enumerate(placements)
         ]
     addr, port = backend.rendezvous(placements[0], len(placements))
@@ -55,7 +74,7 @@ def _contexts(
             master_addr=addr,
             master_port=port,
             use_gpu=placement.num_gpus > 0,
-            num_threads=num_threads,
+            num_threads=threads(placement),
         )
         for rank, placement in enumerate(placements)
     ]
@@ -69,9 +88,18 @@ def start_roles(spec: RLHFJobSpec, backend: Backend, plan: PlacementPlan, num_th
     from .roles.reward_model import RewardModelRole
     from .roles.rollout import RolloutRole
 
+    plan_cpus = sum(bundle.get("CPU", 0.0) for bundle in plan.bundles)
+    overlapped = spec.training.max_staleness > 0 and ROLLOUT in plan.roles
+
     def start(name: str, cls: type, make_args, process_group: bool = True) -> RoleGroup:
         placements = plan.roles[name]
-        contexts = _contexts(backend, placements, num_threads, process_group)
+        contexts = _contexts(
+            backend,
+            placements,
+            num_threads,
+            process_group,
+            lambda p: role_threads(p, num_threads, plan_cpus, overlapped),
+        )
         return backend.start_role(name, cls, [make_args(ctx) for ctx in contexts], placements, contexts)
 
     generates = ROLLOUT not in plan.roles

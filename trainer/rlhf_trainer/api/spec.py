@@ -712,6 +712,36 @@ class TrainingSpec(ApiModel):
         "trainBatchSize, so microBatchSize x the role's GPUs (its data-parallel workers) must divide "
         f"trainBatchSize. Default {DEFAULT_MICRO_BATCH_SIZE}.",
     )
+    packing: bool = Field(
+        default=True,
+        description="Padding-free passes: the actor and reference pack the samples of a micro batch into "
+        "one sequence (position ids restart per sample; attention stays within a sample: flash-attention's "
+        "variable-length kernels where the model uses them, per-sample attention otherwise), so padding "
+        "costs nothing. Same losses and gradients as unpacked (up to float rounding). Default true. Not used "
+        "by offline stages.",
+    )
+    micro_batch_tokens: int = Field(
+        default=0,
+        ge=0,
+        le=INT32_MAX,
+        description="Token budget of one actor forward/backward pass (prompt + completion tokens, needs "
+        "packing): each train batch is cut, in order, into micro batches of at most this many tokens (a "
+        "longer sample goes alone), so long and short samples cost what they contain; each micro batch's "
+        "loss is weighted by its share of the train batch (tokens for token-mean aggregation, samples "
+        "otherwise). 0 (default): microBatchSize samples per pass. One actor worker only. Not used by offline "
+        "stages.",
+    )
+    max_staleness: int = Field(
+        default=1,
+        ge=0,
+        le=8,
+        description="Stage overlap: how many policy versions the samples trained on may lag the policy. "
+        "With 1 (default) the next rollout is generated while the actor trains on the current one (by the "
+        "rollout engines, or a background thread when the actor generates), its samples one version old; "
+        "the rollout correction (algorithm.rolloutCorrection) reweights them by the trainer's over the "
+        "sampler's probabilities, and rollout/staleness reports the lag. 0: generate, then train (the "
+        "synchronous loop). Not used by offline stages.",
+    )
     max_steps: int = Field(
         default=DEFAULT_MAX_STEPS,
         ge=1,
@@ -747,6 +777,12 @@ class TrainingSpec(ApiModel):
             message="must divide trainBatchSize",
             field="microBatchSize",
             check=lambda t: t.train_batch_size % t.micro_batch_size == 0,
+        ),
+        Rule(
+            cel="self.microBatchTokens == 0 || self.packing",
+            message="a token budget needs packing: true",
+            field="microBatchTokens",
+            check=lambda t: t.micro_batch_tokens == 0 or t.packing,
         ),
     )
 

@@ -84,12 +84,20 @@ class TrainingEngine:
     def eval(self) -> None:
         self.engine.eval()
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)
+    def backward(self, loss: torch.Tensor, weight: float | None = None) -> None:
+        """`weight`: the micro batch's share of the train batch (token-budget micro batches),
+        instead of DeepSpeed's 1 / gradientAccumulation."""
+        if weight is None:
+            self.engine.backward(loss)
+        else:
+            self.engine.backward(loss * weight, scale_wrt_gas=False)
 
-    def step(self) -> float | None:
+    def step(self, boundary: bool | None = None) -> float | None:
         """Finish one micro batch. Returns the gradient norm (before clipping) when this micro
-        batch closed an accumulation window and the optimizer stepped, else None."""
+        batch closed an accumulation window and the optimizer stepped, else None. `boundary`:
+        whether it closes the window (token-budget micro batches; None: DeepSpeed counts)."""
+        if boundary is not None:
+            self.engine.set_gradient_accumulation_boundary(boundary)
         boundary = self.engine.is_gradient_accumulation_boundary()
         manual_norm = self._grad_norm() if boundary and self._manual_grad_norm else None
         self.engine.step()

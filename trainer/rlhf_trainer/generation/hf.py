@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from ..api.spec import GenerationSpec
 from .base import GenerationOutput, completion_mask, left_pad
@@ -51,6 +51,8 @@ class HFGenerationEngine:
         self.device = device
         self.max_batch_size = max_batch_size
         self.config = sampling_config(spec, eos_ids, pad_id)
+        self.record_logprobs = False
+        """Also return each token's sampling log-probability (for the correction of stale samples)."""
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]]) -> GenerationOutput:
@@ -58,15 +60,19 @@ class HFGenerationEngine:
         chunk = self.max_batch_size or len(prompts)
         was_training = self.model.training
         self.model.eval()
+        pieces, sampled = [], []
         try:
-            pieces = [
-                self.model.generate(
+            for i in range(0, len(prompts), chunk):
+                recorder = SampledLogprobs(self.spec.temperature) if self.record_logprobs else None
+                out = self.model.generate(
                     input_ids=ids[i : i + chunk].to(self.device),
                     attention_mask=mask[i : i + chunk].to(self.device),
                     generation_config=self.config,
-                )[:, ids.shape[1] :].cpu()
-                for i in range(0, len(prompts), chunk)
-            ]
+                    logits_processor=LogitsProcessorList([recorder] if recorder else []),
+                )
+                pieces.append(out[:, ids.shape[1] :].cpu())
+                if recorder is not None:
+                    sampled.append(recorder.finish(out))
         finally:
             self.model.train(was_training)
         width = max(p.shape[1] for p in pieces)
@@ -75,12 +81,43 @@ class HFGenerationEngine:
         )
         response_mask = completion_mask(responses, self.eos_ids)
         responses = responses.masked_fill(response_mask == 0, self.pad_id)
+        logprobs = None
+        if sampled:
+            logprobs = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in sampled])
+            logprobs = logprobs.masked_fill(response_mask == 0, 0.0)
         return GenerationOutput(
             input_ids=torch.cat([ids, responses], dim=1),
             attention_mask=torch.cat([mask, response_mask], dim=1),
             prompt_width=ids.shape[1],
+            logprobs=logprobs,
         )
 
     @torch.no_grad()
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict)
+
+
+class SampledLogprobs(LogitsProcessor):
+    """Records each sampled token's log-probability under the policy's tempered distribution
+    (log_softmax(logits / temperature)), as the trainer computes it: custom processors see the
+    raw scores, before generate's temperature and top-k/top-p warpers."""
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.previous: torch.Tensor | None = None
+        self.values: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._take(input_ids)
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def _take(self, sequences: torch.Tensor) -> None:
+        if self.previous is not None:
+            self.values.append(self.previous.gather(1, sequences[:, -1:]).squeeze(1))
+            self.previous = None
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """[b, new tokens] on CPU, given generate's output (its last column is the last sampled token)."""
+        self._take(sequences)
+        return torch.stack(self.values, dim=1).cpu() if self.values else torch.zeros(sequences.shape[0], 0)

@@ -17,15 +17,17 @@ from ..algorithms import (
     truncated_importance_weights,
 )
 from ..api.spec import RLHFJobSpec
-from ..batch_plan import plan_batches
+from ..batch_plan import check_token_budget, plan_batches
 from ..engine.deepspeed_engine import TrainingEngine
 from ..engine.device import DistributedContext, free_port, node_address
 from ..engine.models import eos_token_ids, load_causal_lm, load_tokenizer
 from ..generation import GenerationOutput, HFGenerationEngine
 from ..generation.transport import TensorMeta, WeightGroup, plan_buckets, send_bucket, tensor_meta
+from ..packing import enable_packing, packed_policy_forward
 from ..rollout_batch import RolloutBatch
 from .base import load_rng, save_rng, start_role_process
 from .forward import per_token_outputs, policy_forward
+from .micro_batches import train_micro_batches
 
 FIELD = "spec.models.actor"
 
@@ -36,9 +38,12 @@ class ActorRole:
         self.spec = spec
         self.dist = dist
         self.plan = plan_batches(spec, dist.world_size)
+        check_token_budget(spec, dist.world_size)
         role = spec.models.actor
         self.tokenizer = load_tokenizer(role.tokenizer or role.model, role.trust_remote_code)
         model = load_causal_lm(role, dist.use_gpu, FIELD, trainable=True).to(self.device)
+        packed = spec.training.packing and enable_packing(model)
+        self.forward = packed_policy_forward if packed else policy_forward
         self.engine = TrainingEngine(
             model, role, spec.training, self.plan, spec.training.actor_learning_rate, dist.use_gpu
         )
@@ -72,7 +77,7 @@ class ActorRole:
         self.engine.eval()
         temperature = self.spec.generation.temperature
         return per_token_outputs(
-            lambda micro: policy_forward(self.engine, micro, temperature, with_entropy=False)[0],
+            lambda micro: self.forward(self.engine, micro, temperature, with_entropy=False)[0],
             batch,
             self.plan.micro_batch_size,
             self.device,
@@ -102,10 +107,12 @@ class ActorRole:
         correction = algorithm.rollout_correction
 
         for _ in range(algorithm.epochs):
-            for micro in batch.micro_batches(self.plan.micro_batch_size):
+            for micro, share in train_micro_batches(
+                batch, self.plan, self.spec.training.micro_batch_tokens, self.loss_aggregation
+            ):
                 micro = micro.to(self.device)
                 mask = micro.response_mask
-                logprobs, entropy = policy_forward(
+                logprobs, entropy = self.forward(
                     self.engine, micro, generation.temperature, with_entropy=True
                 )
                 # Single update: the policy is unchanged until the optimizer steps, so the
@@ -149,8 +156,8 @@ class ActorRole:
                     record("actor/kl_loss", float(kl_term.detach()))
                     kl = kl_penalty(logprobs.detach(), micro.ref_logprobs, algorithm.kl.estimator, mask)
                     record("kl/mean", float(masked_mean(kl, mask)))
-                self.engine.backward(loss)
-                norm = self.engine.step()
+                self.engine.backward(loss, None if share is None else share.weight)
+                norm = self.engine.step(None if share is None else share.boundary)
                 if norm is not None:
                     record("actor/grad_norm", norm)
                 record("actor/loss", float(loss.detach()))

@@ -7,6 +7,7 @@ import torch
 from ..api.spec import RLHFJobSpec
 from ..engine.device import DistributedContext
 from ..engine.models import load_causal_lm
+from ..packing import enable_packing, packed_policy_forward
 from ..rollout_batch import RolloutBatch
 from .base import start_role_process
 from .forward import per_token_outputs, policy_forward
@@ -23,6 +24,8 @@ class ReferenceRole:
         self.model = load_causal_lm(spec.models.reference, dist.use_gpu, FIELD, trainable=False).to(
             self.device
         )
+        packed = spec.training.packing and enable_packing(self.model)
+        self.forward = packed_policy_forward if packed else policy_forward
 
     def ready(self) -> bool:
         return True
@@ -30,7 +33,7 @@ class ReferenceRole:
     def logprobs(self, batch: RolloutBatch) -> torch.Tensor:
         temperature = self.spec.generation.temperature
         return per_token_outputs(
-            lambda micro: policy_forward(self.model, micro, temperature, with_entropy=False)[0],
+            lambda micro: self.forward(self.model, micro, temperature, with_entropy=False)[0],
             batch,
             self.spec.training.micro_batch_size,
             self.device,

@@ -59,6 +59,9 @@ class RolloutRole:
         self.engine = HFGenerationEngine(
             model, spec.generation, eos_token_ids(tokenizer, model), tokenizer.pad_token_id, self.device
         )
+        # Overlapped steps train on samples of an older policy: the correction needs the
+        # sampling log-probabilities (vllm engines always report them).
+        self.engine.record_logprobs = spec.training.max_staleness > 0
 
     def ready(self) -> bool:
         return True
@@ -68,10 +71,11 @@ class RolloutRole:
 
     # ---------------------------------------------------------------- weights
 
-    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """hf engines: the actor's full state dict."""
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> int:
+        """hf engines: the actor's full state dict. Returns the bytes received."""
         assert isinstance(self.engine, HFGenerationEngine)
         self.engine.update_weights(state_dict)
+        return sum(t.numel() * t.element_size() for t in state_dict.values())
 
     def open_weight_sync(
         self,

@@ -1,0 +1,131 @@
+"""The issue-17 workload: a ~3.5M-parameter Qwen2 built locally with a fixed seed, 11-character
+prompts, 16 prompts x 8 samples, up to 32 new tokens, lr 1e-4, KL 0, fp32, HF generation.
+
+    .venv/bin/python bench/workload_qwen2.py [--root .cache/bench/qwen2-3.5m]   # build and print the manifest
+
+The model uses the demo's character tokenizer (rlhf_trainer.demo.build) and the demo task's reward
+(the fraction of completion characters equal to the prompt's letter); only the model size, the
+prompt length and the batch shape differ from `make demo`. One RL step: 128 completions, one
+optimizer step of 128 samples (trainBatchSize 128) in micro batches of 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from common import REPO
+
+ROOT = REPO / ".cache" / "bench" / "qwen2-3.5m"
+SEED = 1234
+VERSION = "1"
+# 11 characters each, the letter last (as in the demo task).
+TEMPLATES = ("now write {c}", "just type {c}", "output is {c}", "copy this {c}", "answer is {c}")
+TARGETS = "abcdefgh"
+
+
+def make_prompts(count: int, seed: int) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        c = rng.choice(TARGETS)
+        text = rng.choice(TEMPLATES).format(c=c)
+        assert len(text) == 11, text
+        rows.append({"prompt": text, "answer": c})
+    return rows
+
+
+def build(root: Path = ROOT, force: bool = False) -> dict[str, str]:
+    """Model (hidden 256, 4 layers, 4 heads of 64, MLP 800: 3.5M parameters), tokenizer, prompts."""
+    model_dir, prompts = root / "model", root / "prompts.jsonl"
+    marker = root / "VERSION"
+    paths = {"model": str(model_dir), "prompts": str(prompts)}
+    if not force and marker.exists() and marker.read_text().strip() == VERSION:
+        return paths
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    from rlhf_trainer.demo.build import build_tokenizer
+
+    os.makedirs(model_dir, exist_ok=True)
+    tokenizer = build_tokenizer(str(model_dir))
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=800,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(SEED)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(model_dir)
+    with open(prompts, "w") as f:
+        for row in make_prompts(512, SEED):
+            f.write(json.dumps(row) + "\n")
+    marker.write_text(VERSION + "\n")
+    return paths
+
+
+def manifest(root: Path = ROOT, steps: int = 30, staleness: int | None = None) -> dict[str, Any]:
+    """The RLHFJob of this workload (paths absolute, checkpoints off: TRL saves nothing either)."""
+    paths = build(root)
+    training: dict[str, Any] = {
+        "rolloutBatchSize": 16,
+        "trainBatchSize": 128,
+        "microBatchSize": 32,
+        "maxSteps": steps,
+        "actorLearningRate": 1.0e-4,
+        "lrSchedule": "constant",
+        "seed": 7,
+    }
+    doc: dict[str, Any] = {
+        "apiVersion": "rlhf.io/v1alpha1",
+        "kind": "RLHFJob",
+        "metadata": {"name": "bench-qwen2-3p5m"},
+        "spec": {
+            "algorithm": {"name": "grpo", "samplesPerPrompt": 8, "kl": {"coef": 0.0}},
+            "models": {
+                "actor": {"model": paths["model"], "gpus": 0, "zeroStage": 0, "precision": "fp32"},
+                "reward": [{"function": "rlhf_trainer.demo.task:reward", "weight": 1.0}],
+                "rollout": {"engine": "hf", "engines": 1},
+            },
+            "data": {"prompts": {"path": paths["prompts"], "inputKey": "prompt", "labelKey": "answer"}},
+            "training": training,
+            "generation": {"maxPromptLength": 16, "maxNewTokens": 32, "temperature": 1.0},
+        },
+    }
+    if staleness is not None:
+        doc["spec"]["training"]["maxStaleness"] = staleness
+    return doc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--root", type=Path, default=ROOT)
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+    build(args.root, args.force)
+    import yaml
+
+    print(yaml.safe_dump(manifest(args.root)))
+
+
+if __name__ == "__main__":
+    main()
