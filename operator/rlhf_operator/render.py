@@ -48,6 +48,8 @@ CHECKPOINT_VOLUME = "checkpoints"
 CONFIG_VOLUME = "trainer-config"
 GPU_RESOURCE = "nvidia.com/gpu"
 SECRET_ENV = {"hf_token": "HF_TOKEN"}
+# From spec.checkpoint.s3.secretRef into the env boto3 reads (AWS_SESSION_TOKEN only when present).
+S3_SECRET_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
 JOB_ENV = ("RLHF_JOB_NAME", "RLHF_JOB_NAMESPACE")
 HEAD_PORTS = (
     ("gcs-server", 6379),
@@ -292,7 +294,7 @@ def _container(
     container["resources"] = {key: value for key, value in resources.items() if value}
     mounts = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
     if spec.checkpoint is not None and spec.checkpoint.volume is not None:
-        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path})
+        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.local_root})
     mounts += [mount.to_wire() for mount in spec.template.volume_mounts]
     container["volumeMounts"] = mounts
     container["securityContext"] = dict(CONTAINER_SECURITY_CONTEXT)
@@ -315,6 +317,14 @@ def _common_env(spec: RLHFJobSpec) -> list[dict[str, Any]]:
                     "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
                 }
             )
+    # Object-store credentials: by reference to their Secret, never in the trainer config.
+    if spec.checkpoint is not None and spec.checkpoint.s3 is not None:
+        secret = spec.checkpoint.s3.secret_ref.name
+        for key, optional in S3_SECRET_KEYS:
+            selector: dict[str, Any] = {"name": secret, "key": key}
+            if optional:
+                selector["optional"] = True
+            env.append({"name": key, "valueFrom": {"secretKeyRef": selector}})
     return env
 
 
@@ -331,6 +341,8 @@ def _pod_spec(spec: RLHFJobSpec, container: dict[str, Any], volumes: list[dict[s
     template = spec.template
     pod: dict[str, Any] = {
         "securityContext": dict(POD_SECURITY_CONTEXT),
+        # A pod asked to stop (suspend, preemption, drain) commits a checkpoint in this time.
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
         "containers": [container],
         "volumes": volumes,
     }
@@ -383,8 +395,8 @@ def _check_template(spec: RLHFJobSpec) -> None:
             )
     reserved_paths = {"/dev/shm": "the shared-memory volume", naming.CONFIG_DIR: "the trainer config"}
     if spec.checkpoint is not None and spec.checkpoint.volume is not None:
-        reserved_paths[spec.checkpoint.path.rstrip("/") or "/"] = (
-            "the checkpoint volume (spec.checkpoint.path)"
+        reserved_paths[spec.checkpoint.local_root.rstrip("/") or "/"] = (
+            "the checkpoint volume (spec.checkpoint.path, or stagingPath for an s3:// path)"
         )
     for index, mount in enumerate(spec.template.volume_mounts):
         path = mount.mount_path.rstrip("/") or "/"
@@ -395,6 +407,8 @@ def _check_template(spec: RLHFJobSpec) -> None:
             )
     reserved_env = set(JOB_ENV) | {name for field, name in SECRET_ENV.items() if getattr(spec.secrets, field)}
     reserved_env |= {reward_auth_env(i) for i, source in enumerate(spec.models.reward) if source.auth}
+    if spec.checkpoint is not None and spec.checkpoint.s3 is not None:
+        reserved_env |= {key for key, _ in S3_SECRET_KEYS}
     for index, var in enumerate(spec.template.env):
         if var.name in reserved_env:
             raise RenderError(f"spec.template.env[{index}].name", f"{var.name} is set by the operator")

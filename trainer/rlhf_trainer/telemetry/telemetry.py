@@ -10,6 +10,7 @@ import time
 from typing import Any, TextIO
 
 from ..api.job import TrainerConfig
+from ..api.status import ResumeRecord, SkippedCheckpoint
 from ..rewards.naming import reward_source_names
 from .plot import panels_for, read_rows, write_curves
 from .progress import ProgressDisplay
@@ -89,6 +90,7 @@ class Telemetry:
         self.step_times: list[float] = []
         self._last_log = time.monotonic()
         self._progress: dict[str, Any] | None = None
+        self._resume: dict[str, Any] | None = None
         self._display = ProgressDisplay(total_steps, stream)
         self.exporter: PrometheusExporter | None = None
         if config.metrics_port > 0:
@@ -120,8 +122,18 @@ class Telemetry:
         self.sink.update(self._status(), force=step >= self.total_steps)
 
     def checkpoint_saved(self, step: int, path: str, hf_path: str | None = None) -> None:
-        entry = checkpoint_entry(step, path, hf_path, time.time())
+        entry = checkpoint_entry(step, path, hf_path, time.time(), self.config.attempt)
         self.checkpoints = add_checkpoint(self.checkpoints, entry, self.keep)
+        self.sink.update(self._status(), force=True)
+
+    def resumed(self, path: str | None, step: int, skipped: list[tuple[str, str]]) -> None:
+        """Record where this attempt resumed from and the newer checkpoints it skipped."""
+        self._resume = ResumeRecord(
+            attempt=self.config.attempt,
+            path=path,
+            step=step,
+            skipped=[SkippedCheckpoint(path=p, reason=r[:1024]) for p, r in skipped[:16]],
+        ).to_wire()
         self.sink.update(self._status(), force=True)
 
     def close(self, success: bool) -> None:
@@ -145,7 +157,7 @@ class Telemetry:
             self.exporter.close()
 
     def _status(self) -> dict[str, Any]:
-        return trainer_status(self._progress, self.metrics, self.checkpoints)
+        return trainer_status(self._progress, self.metrics, self.checkpoints, self._resume)
 
 
 def _number(key: str, value: Any) -> float:
