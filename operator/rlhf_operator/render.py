@@ -183,7 +183,8 @@ def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
         # checkpoint), so KubeRay must not retry on its own.
         "backoffLimit": 0,
         "shutdownAfterJobFinishes": True,
-        "suspend": spec.suspend,
+        # Queued jobs are created suspended: Kueue unsuspends the RayJob when it admits it.
+        "suspend": spec.suspend or bool(spec.queue_name),
         "submitterPodTemplate": _submitter_template(job, options),
     }
     if options.rayjob_managed_by:

@@ -998,7 +998,12 @@ class RLHFJobSpec(ApiModel):
         description="Delete the Ray cluster this long after the job finishes.",
     )
     queue_name: str | None = Field(
-        default=None, pattern=DNS_LABEL, max_length=63, description="Kueue LocalQueue name."
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Kueue LocalQueue name: the RayJob is created suspended and Kueue starts it when the queue "
+        "admits it (phase Queued until then), and suspends it again to preempt it (the trainer commits a "
+        "checkpoint and the job resumes from it when readmitted).",
     )
     priority_class_name: str | None = Field(
         default=None,
@@ -1077,5 +1082,12 @@ class RLHFJobSpec(ApiModel):
                 or s.checkpoint.volume is not None
                 or (s.models.actor.gpus == 0 and (s.models.critic is None or s.models.critic.gpus == 0))
             ),
+        ),
+        Rule(
+            cel="!(self.suspend && has(self.queueName))",
+            message="not with queueName: Kueue suspends and resumes a queued job (deactivate its Workload, "
+            "or stop its LocalQueue, to hold it)",
+            field="suspend",
+            check=lambda s: not (s.suspend and s.queue_name),
         ),
     ) + stage_rules()

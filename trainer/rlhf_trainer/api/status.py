@@ -20,7 +20,10 @@ def rfc3339(moment: datetime | float) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-Phase = Literal["Pending", "Initializing", "Running", "Retrying", "Suspended", "Succeeded", "Failed"]
+# Queued: held by Kueue (spec.queueName) until its LocalQueue admits it, or again after a preemption.
+Phase = Literal[
+    "Pending", "Queued", "Initializing", "Running", "Retrying", "Suspended", "Succeeded", "Failed"
+]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
