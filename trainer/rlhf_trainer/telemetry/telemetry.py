@@ -91,6 +91,7 @@ class Telemetry:
         self._last_log = time.monotonic()
         self._progress: dict[str, Any] | None = None
         self._resume: dict[str, Any] | None = None
+        self.superseded = False
         self._display = ProgressDisplay(total_steps, stream)
         self.exporter: PrometheusExporter | None = None
         if config.metrics_port > 0:
@@ -119,12 +120,30 @@ class Telemetry:
         self._display.update(step, values, eta)
         if self.exporter is not None:
             self.exporter.update(step, self.total_steps, values)
-        self.sink.update(self._status(), force=step >= self.total_steps)
+        if not self._superseded():  # one status read per step: steps take seconds to minutes
+            self.sink.update(self._status(), force=step >= self.total_steps)
 
     def checkpoint_saved(self, step: int, path: str, hf_path: str | None = None) -> None:
+        if self._superseded():
+            return
         entry = checkpoint_entry(step, path, hf_path, time.time(), self.config.attempt)
         self.checkpoints = add_checkpoint(self.checkpoints, entry, self.keep)
         self.sink.update(self._status(), force=True)
+
+    def _superseded(self) -> bool:
+        """True once a newer attempt has recorded a checkpoint: from then on this attempt writes
+        no status, so status.latestCheckpoint never moves back to an older attempt's."""
+        if not self.superseded:
+            stored = self.sink.read().get("latestCheckpoint") or {}
+            newer = stored.get("attempt")
+            if isinstance(newer, int) and newer > self.config.attempt:
+                log.warning(
+                    "attempt %d superseded by attempt %d: leaving the job's status to it",
+                    self.config.attempt,
+                    newer,
+                )
+                self.superseded = True
+        return self.superseded
 
     def resumed(self, path: str | None, step: int, skipped: list[tuple[str, str]]) -> None:
         """Record where this attempt resumed from and the newer checkpoints it skipped."""
@@ -150,9 +169,9 @@ class Telemetry:
         except Exception:
             # The plot is a convenience; its failure must not mask how training ended.
             log.exception("could not write %s", self.curves_path)
-        if self._progress is not None or self.checkpoints:
+        if (self._progress is not None or self.checkpoints) and not self.superseded:
             self.sink.update(self._status(), force=True)
-        self.sink.flush()
+            self.sink.flush()
         if self.exporter is not None:
             self.exporter.close()
 
