@@ -50,7 +50,23 @@ GPU_RESOURCE = "nvidia.com/gpu"
 SECRET_ENV = {"hf_token": "HF_TOKEN"}
 # From spec.checkpoint.s3.secretRef into the env boto3 reads (AWS_SESSION_TOKEN only when present).
 S3_SECRET_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
-JOB_ENV = ("RLHF_JOB_NAME", "RLHF_JOB_NAMESPACE")
+JOB_ENV = ("RLHF_JOB_NAME", "RLHF_JOB_NAMESPACE", "RLHF_DRIVER_PID_FILE")
+# Stopping within terminationGracePeriodSeconds (suspend, preemption, drain): the kubelet runs a
+# container's preStop hook before it sends SIGTERM. On the head, the hook sends SIGTERM to the driver
+# (`rlhf train` writes its pid to the file) and waits until it has committed its checkpoint and
+# exited; on the workers, it waits while the head's Ray still answers, so the roles outlive the save.
+DRIVER_PID_FILE = "/tmp/rlhf-driver.pid"
+HEAD_PRE_STOP = [
+    "/bin/sh",
+    "-c",
+    f'p=$(cat {DRIVER_PID_FILE} 2>/dev/null) || exit 0; kill -TERM "$p" 2>/dev/null || exit 0; '
+    'while kill -0 "$p" 2>/dev/null; do sleep 1; done',
+]
+WORKER_PRE_STOP = [
+    "/bin/sh",
+    "-c",
+    'while ray health-check --address "$RAY_ADDRESS" >/dev/null 2>&1; do sleep 2; done',
+]
 HEAD_PORTS = (
     ("gcs-server", 6379),
     ("dashboard", 8265),
@@ -219,8 +235,10 @@ def _head_template(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
     env = _common_env(spec) + [
         {"name": "RLHF_JOB_NAME", "value": job.metadata.name},
         {"name": "RLHF_JOB_NAMESPACE", "value": job_namespace(job, options)},
+        {"name": "RLHF_DRIVER_PID_FILE", "value": DRIVER_PID_FILE},
     ]
     container = _container(spec, options, "ray-head", env, spec.head.resources.to_wire(), HEAD_PORTS)
+    container["lifecycle"] = {"preStop": {"exec": {"command": HEAD_PRE_STOP}}}
     container["volumeMounts"].append(
         {"name": CONFIG_VOLUME, "mountPath": naming.CONFIG_DIR, "readOnly": True}
     )
@@ -267,6 +285,7 @@ def _worker_group(job: RLHFJob, options: RenderOptions, group: WorkerGroup) -> d
     limits = {**resources.get("limits", {}), GPU_RESOURCE: group.gpus_per_pod}
     gpu_resources = {"requests": requests, "limits": limits}
     container = _container(spec, options, "ray-worker", _common_env(spec), gpu_resources, WORKER_PORTS)
+    container["lifecycle"] = {"preStop": {"exec": {"command": WORKER_PRE_STOP}}}
     pod_spec = _pod_spec(spec, container, _common_volumes(spec))
     pod_spec["automountServiceAccountToken"] = False
     return {

@@ -7,8 +7,9 @@ trainer's stop on SIGTERM.
 - A committed checkpoint that does not download or load is skipped for the one before it, and the
   skip is reported.
 - An attempt that a newer one has superseded commits nothing.
-- SIGTERM mid-run: the trainer finishes the step, commits a checkpoint, exits 143; the next run
-  resumes from it and ends with the uninterrupted run's weights.
+- SIGTERM mid-run, sent by the head pod's preStop hook as the operator renders it: the trainer
+  finishes the step, commits a checkpoint, exits 143 (the hook returns then); the next run resumes
+  from it and ends with the uninterrupted run's weights.
 """
 
 from __future__ import annotations
@@ -243,17 +244,26 @@ def test_a_superseded_attempt_commits_nothing(object_store: Any, tmp_path: Path)
 def test_sigterm_commits_a_checkpoint_and_the_resume_matches_an_uninterrupted_run(
     demo_assets: dict, tiny_rewards: str, uninterrupted: Path, tmp_path: Path
 ) -> None:
+    from rlhf_operator.render import DRIVER_PID_FILE, HEAD_PRE_STOP
+
     checkpoints = tmp_path / "ckpt"
+    pid_file = tmp_path / "driver.pid"
     doc = job(demo_assets, {"path": str(checkpoints), "everySteps": MAX_STEPS})  # none before the end
-    trainer = start_trainer(doc, tmp_path, tiny_rewards, {})
+    trainer = start_trainer(doc, tmp_path, tiny_rewards, {"RLHF_DRIVER_PID_FILE": str(pid_file)})
     try:
         rows = tmp_path / "out" / "metrics.jsonl"
         wait_for(lambda: rows.exists() and rows.read_text().strip(), trainer, timeout_s=600, poll_s=0.05)
-        trainer.send_signal(signal.SIGTERM)  # during step 2 (or later)
-        assert trainer.wait(timeout=300) == STOPPED_EXIT_CODE
+        # What the kubelet runs before it stops the head pod: the head's preStop hook signals the
+        # driver (SIGTERM, during step 2 or later) and returns once it has exited.
+        hook = subprocess.Popen([part.replace(DRIVER_PID_FILE, str(pid_file)) for part in HEAD_PRE_STOP])
+        assert (
+            trainer.wait(timeout=300) == STOPPED_EXIT_CODE
+        )  # reaped here (in a pod: by Ray's job supervisor)
+        assert hook.wait(timeout=30) == 0
     finally:
         trainer.kill()
         trainer.wait()
+    assert not pid_file.exists()
 
     saved = sorted(p.name for p in checkpoints.iterdir())
     assert len(saved) == 1 and saved[0] in ("step_000001", "step_000002", "step_000003"), saved

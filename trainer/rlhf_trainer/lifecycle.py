@@ -5,14 +5,18 @@ and loaded; when that fails (a missing or truncated object, a state that does no
 before it is tried, and the skipped ones are reported (log, status.resume). With a local path the
 checkpoint preflight resolved is loaded, as before.
 
-Stop: a pod asked to stop (suspend, Kueue preemption, node drain) gets SIGTERM and
-terminationGracePeriodSeconds before SIGKILL. `StopRequest` turns SIGTERM into a flag the loop
-reads after each step: it finishes the step in progress, commits a checkpoint and returns.
+Stop: a pod asked to stop (suspend, Kueue preemption, node drain) gets terminationGracePeriodSeconds
+before SIGKILL. The head container's preStop hook (render.py) sends SIGTERM to the driver (its pid
+is in $RLHF_DRIVER_PID_FILE) and waits for it to exit; the worker pods' hooks wait while the head's
+Ray answers, so the roles live until the checkpoint is committed. `StopRequest` turns SIGTERM into
+a flag the loop reads after each step: it finishes the step in progress, commits a checkpoint and
+returns.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # The exit code of a trainer that stopped on SIGTERM after committing its checkpoint (128 + 15).
 STOPPED_EXIT_CODE = 143
+PID_FILE_ENV = "RLHF_DRIVER_PID_FILE"
 
 
 class StopRequest:
@@ -46,15 +51,24 @@ class StopRequest:
         self._event.set()
 
     def install(self) -> None:
-        """Handle SIGTERM in this (main) thread; a second SIGTERM falls back to the default."""
+        """Handle SIGTERM in this (main) thread; a second SIGTERM falls back to the default. In a
+        pod, also write this process's pid to $RLHF_DRIVER_PID_FILE: the head container's preStop
+        hook signals the driver through it and waits for it to exit before Ray is torn down."""
         if threading.current_thread() is not threading.main_thread():
             return
         self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+        pid_file = os.environ.get(PID_FILE_ENV)
+        if pid_file:
+            with open(pid_file, "w") as f:
+                f.write(f"{os.getpid()}\n")
 
     def uninstall(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+            pid_file = os.environ.get(PID_FILE_ENV)
+            if pid_file and os.path.exists(pid_file):
+                os.unlink(pid_file)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._event.is_set():
