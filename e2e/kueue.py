@@ -10,7 +10,9 @@ What `start_kueue` sets up against the running control plane (cluster.py):
   serving certificate is signed by the e2e CA for IP 127.0.0.1, so the apiserver can verify it;
   Kueue's own certificate management is off.
 - The controller, as admin, with one integration (ray.io/rayjob), no leader election, and the
-  on-demand visibility server off (it would need an APIService and a fixed port).
+  on-demand visibility server off (it would need an APIService and a fixed port). Kueue reads its
+  metrics certificate from the fixed path /etc/kueue/metrics/certs when its own certificate
+  management is off: one is written there once per machine.
 
     python e2e/kueue.py build    # build (or find) the binary; prints its path
 """
@@ -153,6 +155,7 @@ def start_kueue(
     )
     (cert_dir / "ca.key").unlink()
 
+    _metrics_certificate(cert_dir)
     webhook_port, probe_port = free_port(), free_port()
     config_path = workdir / "kueue-config.yaml"
     config_path.write_text(yaml.safe_dump(configuration(webhook_port, probe_port, free_port(), cert_dir)))
@@ -181,6 +184,22 @@ def start_kueue(
         controller.stop()
         raise
     return controller
+
+
+# With its certificate management off, Kueue 0.17 reads its metrics server's certificate from this
+# fixed path and exits when it is missing. Nothing scrapes it here: any certificate will do, so
+# one is put there once per machine (atomically: parallel checkouts may race).
+METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
+
+
+def _metrics_certificate(cert_dir: Path) -> None:
+    if (METRICS_CERT_DIR / "tls.crt").exists() and (METRICS_CERT_DIR / "tls.key").exists():
+        return
+    METRICS_CERT_DIR.mkdir(parents=True, exist_ok=True)
+    for name in ("tls.key", "tls.crt"):  # the key first: a reader that sees the cert finds both
+        staging = METRICS_CERT_DIR / f".{name}.{os.getpid()}"
+        staging.write_bytes((cert_dir / name).read_bytes())
+        staging.replace(METRICS_CERT_DIR / name)
 
 
 def _wait_ready(
