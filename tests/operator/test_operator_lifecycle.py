@@ -8,7 +8,13 @@ import yaml
 from operator_helpers import job_from, with_spec
 from test_operator_decisions import applied, cond, job_body, plan, with_status
 
-from rlhf_operator.render import RenderOptions, render_job_objects
+from rlhf_operator.render import (
+    DRIVER_PID_FILE,
+    HEAD_PRE_STOP,
+    WORKER_PRE_STOP,
+    RenderOptions,
+    render_job_objects,
+)
 
 S3 = {
     "path": "s3://checkpoints/team-a/math",
@@ -56,6 +62,13 @@ def test_every_ray_pod_gets_the_grace_period_to_commit_a_checkpoint():
     assert {pod["terminationGracePeriodSeconds"] for pod in ray_pods(rayjob)} == {300}
     _, rayjob = rendered(with_spec("grpo-qwen2.5-7b-math", {"terminationGracePeriodSeconds": 900}))
     assert {pod["terminationGracePeriodSeconds"] for pod in ray_pods(rayjob)} == {900}
+    # The head's hook signals the driver and waits for it; the workers' wait while the head's Ray answers.
+    head, *workers = ray_pods(rayjob)
+    assert head["containers"][0]["lifecycle"]["preStop"]["exec"]["command"] == HEAD_PRE_STOP
+    assert {"name": "RLHF_DRIVER_PID_FILE", "value": DRIVER_PID_FILE} in head["containers"][0]["env"]
+    assert workers and all(
+        pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"] == WORKER_PRE_STOP for pod in workers
+    )
 
 
 def test_a_queued_job_waits_for_kueue_is_admitted_then_preempted():

@@ -210,8 +210,8 @@ class ObjectStore:
         """The checkpoint's files under local_root/<name>; raises OSError when an object is missing
         or its size differs from the marker's."""
         name = checkpoint.url.rsplit("/", 1)[-1]
+        shutil.rmtree(os.path.join(local_root, "resume"), ignore_errors=True)  # one download at a time
         target = os.path.join(local_root, "resume", name)
-        shutil.rmtree(target, ignore_errors=True)
         for relative, size in checkpoint.files.items():
             path = os.path.join(target, *relative.split("/"))
             os.makedirs(os.path.dirname(path), exist_ok=True)
