@@ -117,6 +117,9 @@ def queue_namespace(kubectl: Kubectl, kueue: Any, request: pytest.FixtureRequest
     for doc in (flavor, cluster_queue, local_queue):
         kubectl.apply(doc)
     yield name
+    # The jobs first: with the queue or the namespace gone, Kueue would evict an admitted job, and the
+    # operator's event about it would be refused in a terminating namespace.
+    kubectl("delete", "rlhfjobs", "--all", "--wait=true", "--timeout=60s", namespace=name, check=False)
     kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
     kubectl("delete", "clusterqueue", name, "--wait=false", "--ignore-not-found", check=False)
 
