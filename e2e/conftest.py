@@ -74,6 +74,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
     kuberay = any("kuberay_operator" in getattr(i, "fixturenames", ()) for i in selected)
     cluster_build.build_all(cluster.BIN_DIR, kuberay=kuberay, log=log)
+    if any("kueue" in getattr(i, "fixturenames", ()) for i in selected):
+        import kueue  # the Kueue controller (e2e/test_kueue.py): a long build when cold
+
+        kueue.ensure_kueue(log=log)
 
 
 @pytest.fixture(scope="session")

@@ -281,6 +281,7 @@ FULL_STATUS = {
             "path": "/checkpoints/step-10",
             "time": "2026-01-02T03:03:00Z",
             "hfPath": "/checkpoints/step-10/hf",
+            "attempt": 1,
         }
     ],
     "latestCheckpoint": {
@@ -288,12 +289,19 @@ FULL_STATUS = {
         "path": "/checkpoints/step-10",
         "time": "2026-01-02T03:03:00Z",
         "hfPath": "/checkpoints/step-10/hf",
+        "attempt": 1,
     },
     "failure": {
         "attempt": 1,
         "permanent": True,
         "reason": "PreflightFailed",
         "message": "spec.models.actor.model: /models/missing does not exist",
+    },
+    "resume": {
+        "attempt": 1,
+        "path": "s3://checkpoints/tiny/step_000010.a000000",
+        "step": 10,
+        "skipped": [{"path": "s3://checkpoints/tiny/step_000020.a000000", "reason": "OSError: truncated"}],
     },
 }
 

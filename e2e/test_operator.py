@@ -795,7 +795,9 @@ def test_kuberay_makes_a_raycluster_requesting_the_jobs_gpus(
     kuberay_operator, operators, api, kubectl, namespace
 ):
     operators.start(namespace, managed_by=None)
-    kubectl.apply(example("ppo-llama3-8b", "ppo"), namespace=namespace)
+    doc = example("ppo-llama3-8b", "ppo")
+    del doc["spec"]["queueName"]  # a queued RayJob waits for Kueue (e2e/test_kueue.py), none runs here
+    kubectl.apply(doc, namespace=namespace)
     eventually(lambda: api.rayjob(namespace, "ppo-a0"), 15, "RayJob ppo-a0")
 
     def raycluster() -> dict[str, Any] | None:

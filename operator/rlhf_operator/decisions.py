@@ -242,11 +242,33 @@ def _follow(ctx: Reconcile) -> Plan:
     phase = state.phase or ctx.previous.get("phase") or "Pending"
     if ctx.attempt > 0 and phase in ("Pending", "Initializing"):
         phase = "Retrying"  # until the new attempt runs
+    status, message = ctx.status, state.training.message
+    resumed = st.resume_condition(ctx.previous, ctx.attempt)
+    if resumed is not None:
+        status = dataclasses.replace(status, extra=(*status.extra, resumed))
+        before = next((c for c in ctx.previous.get("conditions") or [] if c.get("type") == st.RESUMED), {})
+        if resumed.reason == "FellBack" and before.get("message") != clean_message(resumed.message):
+            plan.events.append(Event("Warning", "CheckpointFallback", resumed.message))
+    if spec.queue_name:
+        admitted = st.queue_condition(
+            bool((current.get("spec") or {}).get("suspend")), spec.queue_name, ctx.previous
+        )
+        status = dataclasses.replace(status, extra=(*status.extra, admitted))
+        if admitted.status == "False":
+            phase, message = "Queued", admitted.message
+            if _admitted_before(ctx.previous):
+                plan.events.append(Event("Warning", "Preempted", admitted.message))
     start = None
     if phase == "Running" and not ctx.previous.get("startTime"):
         start = ((rs.get("rayJobInfo") or {}).get("startTime")) or ctx.status.clock
-    desired = st.live_status(ctx.status, phase, ref, state, spec.suspend, start_time=start)
-    return finish(plan, ctx.previous, desired, phase, state.training.message)
+    desired = st.live_status(status, phase, ref, state, spec.suspend, start_time=start)
+    if phase == "Queued":
+        desired["message"] = message
+    return finish(plan, ctx.previous, desired, phase, message)
+
+
+def _admitted_before(previous: dict[str, Any]) -> bool:
+    return _true_condition(previous.get("conditions") or [], st.ADMITTED) is not None
 
 
 def with_trainer_failure(state: st.AttemptState, failure: Any, attempt: int) -> st.AttemptState:
@@ -384,11 +406,12 @@ def _digest(rayjob: dict[str, Any]) -> str | None:
 def _in_place_patch(rayjob: dict[str, Any], effective: RLHFJobSpec) -> tuple[str, dict[str, Any]] | None:
     """Bring the live RayJob's in-place fields to the effective spec."""
     live = rayjob.get("spec") or {}
-    wanted = {
-        "suspend": effective.suspend,
+    wanted: dict[str, Any] = {
         "activeDeadlineSeconds": effective.active_deadline_seconds,
         "ttlSecondsAfterFinished": effective.ttl_seconds_after_finished,
     }
+    if not effective.queue_name:  # a queued RayJob's suspend belongs to Kueue
+        wanted["suspend"] = effective.suspend
     defaults = {"suspend": False, "ttlSecondsAfterFinished": 0}
     spec_patch = {
         key: value
@@ -399,6 +422,8 @@ def _in_place_patch(rayjob: dict[str, Any], effective: RLHFJobSpec) -> tuple[str
 
 
 def _resumes_from_suspend(rayjob: dict[str, Any], effective: RLHFJobSpec) -> bool:
+    if effective.queue_name:
+        return False  # Kueue starts it
     return bool((rayjob.get("spec") or {}).get("suspend")) and not effective.suspend
 
 

@@ -49,7 +49,25 @@ CONFIG_VOLUME = "trainer-config"
 MODEL_CACHE_VOLUME = "model-cache"
 GPU_RESOURCE = "nvidia.com/gpu"
 SECRET_ENV = {"hf_token": "HF_TOKEN"}
-JOB_ENV = ("RLHF_JOB_NAME", "RLHF_JOB_NAMESPACE")
+# From spec.checkpoint.s3.secretRef into the env boto3 reads (AWS_SESSION_TOKEN only when present).
+S3_SECRET_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
+JOB_ENV = ("RLHF_JOB_NAME", "RLHF_JOB_NAMESPACE", "RLHF_DRIVER_PID_FILE")
+# Stopping within terminationGracePeriodSeconds (suspend, preemption, drain): the kubelet runs a
+# container's preStop hook before it sends SIGTERM. On the head, the hook sends SIGTERM to the driver
+# (`rlhf train` writes its pid to the file) and waits until it has committed its checkpoint and
+# exited; on the workers, it waits while the head's Ray still answers, so the roles outlive the save.
+DRIVER_PID_FILE = "/tmp/rlhf-driver.pid"
+HEAD_PRE_STOP = [
+    "/bin/sh",
+    "-c",
+    f'p=$(cat {DRIVER_PID_FILE} 2>/dev/null) || exit 0; kill -TERM "$p" 2>/dev/null || exit 0; '
+    'while kill -0 "$p" 2>/dev/null; do sleep 1; done',
+]
+WORKER_PRE_STOP = [
+    "/bin/sh",
+    "-c",
+    'while ray health-check --address "$RAY_ADDRESS" >/dev/null 2>&1; do sleep 2; done',
+]
 HEAD_PORTS = (
     ("gcs-server", 6379),
     ("dashboard", 8265),
@@ -182,7 +200,8 @@ def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
         # checkpoint), so KubeRay must not retry on its own.
         "backoffLimit": 0,
         "shutdownAfterJobFinishes": True,
-        "suspend": spec.suspend,
+        # Queued jobs are created suspended: Kueue unsuspends the RayJob when it admits it.
+        "suspend": spec.suspend or bool(spec.queue_name),
         "submitterPodTemplate": _submitter_template(job, options),
     }
     if options.rayjob_managed_by:
@@ -217,8 +236,10 @@ def _head_template(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
     env = _common_env(spec) + [
         {"name": "RLHF_JOB_NAME", "value": job.metadata.name},
         {"name": "RLHF_JOB_NAMESPACE", "value": job_namespace(job, options)},
+        {"name": "RLHF_DRIVER_PID_FILE", "value": DRIVER_PID_FILE},
     ]
     container = _container(spec, options, "ray-head", env, spec.head.resources.to_wire(), HEAD_PORTS)
+    container["lifecycle"] = {"preStop": {"exec": {"command": HEAD_PRE_STOP}}}
     container["volumeMounts"].append(
         {"name": CONFIG_VOLUME, "mountPath": naming.CONFIG_DIR, "readOnly": True}
     )
@@ -265,6 +286,7 @@ def _worker_group(job: RLHFJob, options: RenderOptions, group: WorkerGroup) -> d
     limits = {**resources.get("limits", {}), GPU_RESOURCE: group.gpus_per_pod}
     gpu_resources = {"requests": requests, "limits": limits}
     container = _container(spec, options, "ray-worker", _common_env(spec), gpu_resources, WORKER_PORTS)
+    container["lifecycle"] = {"preStop": {"exec": {"command": WORKER_PRE_STOP}}}
     pod_spec = _pod_spec(spec, container, _common_volumes(spec))
     pod_spec["automountServiceAccountToken"] = False
     return {
@@ -293,7 +315,7 @@ def _container(
     container["resources"] = {key: value for key, value in resources.items() if value}
     mounts = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
     if spec.checkpoint is not None and spec.checkpoint.volume is not None:
-        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path})
+        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.local_root})
     if spec.model_cache is not None:
         mounts.append({"name": MODEL_CACHE_VOLUME, "mountPath": spec.model_cache.path})
     mounts += [mount.to_wire() for mount in spec.template.volume_mounts]
@@ -320,6 +342,14 @@ def _common_env(spec: RLHFJobSpec) -> list[dict[str, Any]]:
                     "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
                 }
             )
+    # Object-store credentials: by reference to their Secret, never in the trainer config.
+    if spec.checkpoint is not None and spec.checkpoint.s3 is not None:
+        secret = spec.checkpoint.s3.secret_ref.name
+        for key, optional in S3_SECRET_KEYS:
+            selector: dict[str, Any] = {"name": secret, "key": key}
+            if optional:
+                selector["optional"] = True
+            env.append({"name": key, "valueFrom": {"secretKeyRef": selector}})
     return env
 
 
@@ -345,6 +375,8 @@ def _pod_spec(spec: RLHFJobSpec, container: dict[str, Any], volumes: list[dict[s
     template = spec.template
     pod: dict[str, Any] = {
         "securityContext": dict(POD_SECURITY_CONTEXT),
+        # A pod asked to stop (suspend, preemption, drain) commits a checkpoint in this time.
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
         "containers": [container],
         "volumes": volumes,
     }
@@ -397,8 +429,8 @@ def _check_template(spec: RLHFJobSpec) -> None:
             )
     reserved_paths = {"/dev/shm": "the shared-memory volume", naming.CONFIG_DIR: "the trainer config"}
     if spec.checkpoint is not None and spec.checkpoint.volume is not None:
-        reserved_paths[spec.checkpoint.path.rstrip("/") or "/"] = (
-            "the checkpoint volume (spec.checkpoint.path)"
+        reserved_paths[spec.checkpoint.local_root.rstrip("/") or "/"] = (
+            "the checkpoint volume (spec.checkpoint.path, or stagingPath for an s3:// path)"
         )
     if spec.model_cache is not None:
         cache = spec.model_cache.path.rstrip("/") or "/"
@@ -416,6 +448,8 @@ def _check_template(spec: RLHFJobSpec) -> None:
     if spec.model_cache is not None:
         reserved_env.add("HF_HOME")
     reserved_env |= {reward_auth_env(i) for i, source in enumerate(spec.models.reward) if source.auth}
+    if spec.checkpoint is not None and spec.checkpoint.s3 is not None:
+        reserved_env |= {key for key, _ in S3_SECRET_KEYS}
     for index, var in enumerate(spec.template.env):
         if var.name in reserved_env:
             raise RenderError(f"spec.template.env[{index}].name", f"{var.name} is set by the operator")

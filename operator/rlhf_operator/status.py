@@ -28,6 +28,8 @@ SUSPENDED = "Suspended"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 SPEC_CHANGE_REFUSED = "SpecChangeRefused"
+ADMITTED = "Admitted"  # Kueue's admission of a job with spec.queueName
+RESUMED = "Resumed"  # where the current attempt resumed from (status.resume, written by the trainer)
 
 JOB_TERMINAL = ("STOPPED", "SUCCEEDED", "FAILED")
 # KubeRay failure reasons a new attempt would only repeat: the deadline covers the whole job,
@@ -298,6 +300,43 @@ def failed_status(ctx: StatusContext, reason: str, message: str) -> dict[str, An
         completion_time=ctx.clock,
         extra=False,
     )
+
+
+def queue_condition(rayjob_suspended: bool, queue: str, previous: dict[str, Any]) -> Cond:
+    """Admitted, for a job with spec.queueName: Kueue owns its RayJob's suspend, so a suspended
+    RayJob is waiting for admission (Pending), or was admitted before and has been preempted."""
+    if not rayjob_suspended:
+        return Cond(ADMITTED, "True", "Admitted", f"admitted by Kueue (LocalQueue {queue})")
+    before = next((c for c in previous.get("conditions") or [] if c.get("type") == ADMITTED), {})
+    if before.get("status") == "True" or before.get("reason") == "Preempted":
+        return Cond(
+            ADMITTED,
+            "False",
+            "Preempted",
+            f"preempted by Kueue (LocalQueue {queue}): the trainer commits a checkpoint on SIGTERM and the job "
+            "resumes from it when readmitted",
+        )
+    return Cond(ADMITTED, "False", "Pending", f"waiting for Kueue to admit it (LocalQueue {queue})")
+
+
+def resume_condition(previous: dict[str, Any], attempt: int) -> Cond | None:
+    """Resumed, once the trainer of the current attempt has reported where it started from:
+    reason FellBack when it had to skip newer committed checkpoints that did not load."""
+    resume = previous.get("resume")
+    if not isinstance(resume, dict) or resume.get("attempt") != attempt:
+        return None
+    where = f"{resume.get('path')} (step {resume.get('step')})" if resume.get("path") else "the start"
+    skipped = [s.get("path") for s in resume.get("skipped") or [] if isinstance(s, dict)]
+    if skipped:
+        return Cond(
+            RESUMED,
+            "True",
+            "FellBack",
+            f"resumed from {where}: newer committed checkpoints did not load and were skipped: "
+            + ", ".join(map(str, skipped))
+            + " (status.resume.skipped says why)",
+        )
+    return Cond(RESUMED, "True", "Latest", f"resumed from {where}")
 
 
 def refusal_conditions(previous: dict[str, Any], refused: list[str], invalid: list[str]) -> tuple[Cond, ...]:

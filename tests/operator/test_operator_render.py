@@ -129,7 +129,7 @@ def test_ppo_rayjob_has_the_expected_shape():
         "submissionMode": "K8sJobMode",
         "backoffLimit": 0,
         "shutdownAfterJobFinishes": True,
-        "suspend": False,
+        "suspend": True,  # queued (queueName): Kueue unsuspends it on admission
     }
     assert spec["rayClusterSpec"]["authOptions"] == {"mode": "token"}
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]

@@ -56,6 +56,20 @@ def test_a_referenced_stage_must_export_its_model() -> None:
     assert any("stage 'sft' exports no model" in e for e in errors_of(doc))
 
 
+def test_a_referenced_stage_must_not_export_to_object_storage() -> None:
+    doc = copy.deepcopy(EXAMPLE)
+    doc["spec"]["stages"][0]["spec"]["checkpoint"].update(
+        path="s3://checkpoints/pipeline/sft", s3={"secretRef": {"name": "checkpoint-store"}}
+    )
+    errors = errors_of(doc)
+    assert any(
+        e.startswith(
+            "spec.stages[1].spec.models.actor.model: stage://sft: stage 'sft' exports to object storage"
+        )
+        for e in errors
+    ), errors
+
+
 def test_stage_names_are_unique_and_bounded() -> None:
     doc = copy.deepcopy(EXAMPLE)
     doc["spec"]["stages"][1]["name"] = "sft"

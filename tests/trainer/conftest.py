@@ -66,3 +66,30 @@ def ray_cluster() -> Iterator[None]:
 @pytest.fixture
 def output(tmp_path: Path) -> Path:
     return tmp_path / "out"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build (or find cached) the object store before the first test that uses it, so a cold
+    build (about 3 minutes) does not count against that test's timeout."""
+    if session.config.option.collectonly:
+        return
+    if any("object_store" in getattr(item, "fixturenames", ()) for item in session.items):
+        _objectstore_module().ensure_objectstore(log=lambda msg: print(f"[objectstore] {msg}"))
+
+
+def _objectstore_module():  # e2e/objectstore.py: the build and server of the S3-compatible store
+    e2e = str(Path(__file__).resolve().parents[2] / "e2e")
+    if e2e not in sys.path:
+        sys.path.insert(0, e2e)
+    import objectstore
+
+    return objectstore
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real S3-compatible server (versitygw, posix backend) on a loopback port for the session,
+    its data directory a temporary directory; stopped at the end."""
+    server = _objectstore_module().start_objectstore(tmp_path_factory.mktemp("objectstore"))
+    yield server
+    server.stop()

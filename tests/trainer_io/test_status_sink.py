@@ -51,7 +51,8 @@ def test_status_body_holds_only_trainer_fields_and_no_empty_lists() -> None:
     assert body == {"metrics": {"reward/mean": 1.0}}
     entry = {"step": 1, "path": "/c/1"}
     full = trainer_status(progress(1, 2, None, 1.0, 0.0), {"reward/mean": 1.0}, [entry])
-    assert set(full) == set(TRAINER_FIELDS) - {"failure"}  # failure is written only on an error
+    # failure is written only on an error, resume only when an attempt resumes
+    assert set(full) == set(TRAINER_FIELDS) - {"failure", "resume"}
     assert not set(full) & set(OPERATOR_FIELDS)
 
 

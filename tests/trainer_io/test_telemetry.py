@@ -188,6 +188,7 @@ def test_file_sink_writes_trainer_status_and_keeps_last_k_checkpoints(tmp_path: 
         "path": "/ckpt/step-3",
         "hfPath": "/ckpt/step-3/hf",
         "time": status["checkpoints"][1]["time"],
+        "attempt": 0,
     }
     RLHFJobStatus.model_validate(status)  # the CRD's status model accepts it
     telemetry.close(success=True)
@@ -219,3 +220,19 @@ def test_no_sink_writes_no_status(tmp_path: Path) -> None:
     telemetry.log_step(1, {"reward/mean": 1.0})
     telemetry.close(success=True)
     assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == ["curves.png", "metrics.jsonl"]
+
+
+def test_a_superseded_attempt_never_moves_the_latest_checkpoint_back(tmp_path: Path) -> None:
+    old = Telemetry(config(tmp_path, keep=3), total_steps=10, algorithm="grpo", stream=io.StringIO())
+    old.checkpoint_saved(2, "/ckpt/a0/step-2")
+    newer_config = config(tmp_path, keep=3).model_copy(update={"attempt": 1})
+    newer = Telemetry(newer_config, total_steps=10, algorithm="grpo", stream=io.StringIO())
+    newer.checkpoint_saved(4, "/ckpt/a1/step-4")
+    # The old attempt is still running (the operator gave up on it): what it saves stays out.
+    old.log_step(3, {"reward/mean": 0.1})
+    old.checkpoint_saved(3, "/ckpt/a0/step-3")
+    old.close(success=False)
+    status = json.loads((Path(newer_config.output_dir) / "status.json").read_text())
+    assert status["latestCheckpoint"]["path"] == "/ckpt/a1/step-4"
+    assert status["latestCheckpoint"]["attempt"] == 1
+    assert old.superseded

@@ -6,6 +6,9 @@ Layout of `<checkpoint.path>/step_000010/`:
   hf/                 the actor in HF format, loadable by from_pretrained, with its tokenizer
   trainer_state.json  step and data position; driver_rng.pt the driver's RNG
   COMPLETE            written last: a directory without it is never resumed from
+
+With an s3:// path the directory is written under stagingPath, then uploaded and committed by
+checkpoint_store.ObjectStore (its own layout, fenced by attempt).
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .api.spec import CheckpointSpec
+from .api.spec import CheckpointSpec, is_s3_path
 from .backends.base import Backend
 from .rng import capture_rng_state, restore_rng_state
 from .role_groups import Roles
+
+if TYPE_CHECKING:
+    from .checkpoint_store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +70,15 @@ def resolve_resume(spec: CheckpointSpec | None, resume_from: str | None) -> str 
     """The checkpoint to start from: `resume_from` (the trainer config's override), else
     spec.checkpoint.resume: auto = the latest complete one under path (none: a fresh start),
     never, or an absolute path."""
+    if resume_from is not None and spec is not None and is_s3_path(resume_from):
+        return None  # the operator's restart of an s3 job: the newest committed one, as resume: auto
     if resume_from is not None:
         return _require(resume_from, "resumeFrom")
     if spec is None or spec.resume == "never":
         return None
     if spec.resume == "auto":
+        if is_s3_path(spec.path):
+            return None  # the runner picks the newest committed checkpoint in the bucket
         found = complete_checkpoints(os.path.abspath(spec.path))
         return found[-1][1] if found else None
     return _require(spec.resume, "spec.checkpoint.resume")
@@ -83,10 +93,11 @@ def _require(path: str, field: str) -> str:
 
 
 class Checkpointer:
-    def __init__(self, spec: CheckpointSpec, max_steps: int) -> None:
+    def __init__(self, spec: CheckpointSpec, max_steps: int, store: ObjectStore | None = None) -> None:
         self.spec = spec
-        self.root = os.path.abspath(spec.path)
+        self.root = os.path.abspath(spec.local_root)
         self.max_steps = max_steps
+        self.store = store
 
     def due(self, step: int) -> bool:
         return step % self.spec.every_steps == 0 or step == self.max_steps
@@ -112,12 +123,17 @@ class Checkpointer:
         torch.save(capture_rng_state(), os.path.join(path, "driver_rng.pt"))
         with open(os.path.join(path, COMPLETE), "w") as f:
             f.write(f"{step}\n")
-        self._prune(keep_path=path)
+        if self.store is not None:
+            stored = self.store.upload(step, path)
+            self.store.prune(self.spec.keep)
+            self._prune(keep_path=path, keep=1)  # staging: only the newest stays on local disk
+            return SavedCheckpoint(step=step, path=stored.url, hf_path=stored.hf_url)
+        self._prune(keep_path=path, keep=self.spec.keep)
         return SavedCheckpoint(step=step, path=path, hf_path=hf_path)
 
-    def _prune(self, keep_path: str) -> None:
+    def _prune(self, keep_path: str, keep: int) -> None:
         complete = complete_checkpoints(self.root)
-        for _, old in complete[: max(0, len(complete) - self.spec.keep)]:
+        for _, old in complete[: max(0, len(complete) - keep)]:
             shutil.rmtree(old, ignore_errors=True)
         kept = {p for _, p in complete}
         for name in os.listdir(self.root):

@@ -65,6 +65,7 @@ class LoopResult:
     rewards: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     checkpoints: list[SavedCheckpoint] = field(default_factory=list)
+    stopped: bool = False  # stopped early on request (SIGTERM), after committing a checkpoint
 
 
 class RLLoop:
@@ -106,6 +107,8 @@ class RLLoop:
             self.engine_sync = EngineWeightSync(spec, roles, backend)
             self.engine_sync.open()
         self.weight_sync_bytes = 0
+        # Read between steps: SIGTERM (lifecycle.StopRequest) ends the run after a checkpoint.
+        self.stop_requested: Callable[[], bool] = lambda: False
 
     # ---------------------------------------------------------------- run
 
@@ -121,6 +124,14 @@ class RLLoop:
                 result.steps_run += 1
                 result.rewards.append(metrics["reward/mean"])
                 result.step_seconds.append(metrics["timing/step_s"])
+                if self.stop_requested() and step < self.spec.training.max_steps:
+                    if self.checkpointer is not None and not (
+                        result.checkpoints and result.checkpoints[-1].step == step
+                    ):
+                        data_state = None if pipeline is None else pipeline.data_state_after(step)
+                        self._save_checkpoint(step, result, data_state)
+                    result.stopped = True
+                    break
         finally:
             if pipeline is not None:
                 pipeline.close()
@@ -191,11 +202,7 @@ class RLLoop:
         metrics.update(self._reward_metrics(rewards, scored.per_source, mask))
         if self.checkpointer is not None and self.checkpointer.due(step):
             with timer("checkpoint"):
-                saved = self.checkpointer.save(
-                    step, self.roles, self.backend, {"data": data_state or self.dataset.state_dict()}
-                )
-            result.checkpoints.append(saved)
-            self.telemetry.checkpoint_saved(saved.step, saved.path, saved.hf_path)
+                self._save_checkpoint(step, result, data_state)
         if self.eval_dataset is not None and step % self.spec.training.eval_every_steps == 0:
             if before_eval is not None:
                 before_eval()
@@ -207,6 +214,18 @@ class RLLoop:
         metrics["perf/tokens_per_s"] = float(batch.attention_mask.sum()) / elapsed
         metrics["perf/samples_per_s"] = batch.size / elapsed
         return metrics
+
+    def _save_checkpoint(
+        self, step: int, result: LoopResult, data_state: dict[str, Any] | None = None
+    ) -> None:
+        """Save step `step`; `data_state` is the dataset's position after it (default: the
+        dataset's now; the overlapped loop has already drawn the prompts of later steps)."""
+        assert self.checkpointer is not None
+        saved = self.checkpointer.save(
+            step, self.roles, self.backend, {"data": data_state or self.dataset.state_dict()}
+        )
+        result.checkpoints.append(saved)
+        self.telemetry.checkpoint_saved(saved.step, saved.path, saved.hf_path)
 
     # ---------------------------------------------------------------- phases
 

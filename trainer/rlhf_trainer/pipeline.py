@@ -57,6 +57,7 @@ class RolloutPipeline:
         self.updates = 0
         self.inflight: deque[_InFlight] = deque()
         self.data_states: dict[int, dict[str, Any]] = {}
+        self.learned_data_state: tuple[int, dict[str, Any] | None] = (start_step, None)
         self.pending_syncs: list[Any] = []
         self.executor = None if loop.backend.remote else ThreadPoolExecutor(1, thread_name_prefix="rollout")
 
@@ -90,6 +91,8 @@ class RolloutPipeline:
             assert current.step == step, (current.step, step)
             output = self._wait(current)
             self._fill(step + 1)  # the next rollout(s) generate while this one is learned from
+        data_state = self.data_states.pop(step + 1, None)
+        self.learned_data_state = (step, data_state)
         metrics = self.loop.learn(
             step,
             result,
@@ -98,12 +101,19 @@ class RolloutPipeline:
             timer,
             started,
             sync=self._sync,
-            data_state=self.data_states.pop(step + 1, None),
+            data_state=data_state,
             before_eval=self._drain,
         )
         metrics["rollout/staleness"] = float(self.updates - 1 - current.version)
         metrics["rollout/policy_version"] = float(current.version)
         return metrics
+
+    def data_state_after(self, step: int) -> dict[str, Any] | None:
+        """The dataset's position after step `step` (the one just learned from), before the
+        prompts of the rollouts in flight were drawn; None when none were drawn beyond it."""
+        learned, state = self.learned_data_state
+        assert learned == step, (learned, step)
+        return state
 
     def _fill(self, up_to: int) -> None:
         """Submit generations until `depth` rollouts beyond step `up_to - 1` are in flight."""

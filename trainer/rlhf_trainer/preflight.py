@@ -74,9 +74,13 @@ def absolute_paths(spec: RLHFJobSpec) -> RLHFJobSpec:
     checkpoint = (
         None
         if spec.checkpoint is None
-        else spec.checkpoint.model_copy(update={"path": os.path.abspath(spec.checkpoint.path)})
+        else spec.checkpoint.model_copy(update={"path": fix_checkpoint_path(spec.checkpoint.path)})
     )
     return spec.model_copy(update={"models": models, "data": data, "checkpoint": checkpoint})
+
+
+def fix_checkpoint_path(path: str) -> str:
+    return path if path.startswith("s3://") else os.path.abspath(path)
 
 
 def _check_model_path(path: str, field: str, errors: list[FieldError]) -> bool:

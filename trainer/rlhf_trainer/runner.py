@@ -23,7 +23,11 @@ if TYPE_CHECKING:
     from .api.spec import RLHFJobSpec
     from .backends.base import Backend, RoleGroup
     from .backends.placement import PlacementPlan
+    from .checkpoint_store import ObjectStore
+    from .loop import RLLoop
     from .preflight import Prepared
+    from .role_groups import Roles
+    from .telemetry import Telemetry
 
 log = logging.getLogger("rlhf_trainer")
 
@@ -39,6 +43,7 @@ class RunSummary:
     plot_path: str
     checkpoint: str | None
     hf_export: str | None
+    stopped: bool = False
 
     def lines(self) -> list[str]:
         median = sorted(self.step_seconds)[len(self.step_seconds) // 2] if self.step_seconds else 0.0
@@ -152,6 +157,11 @@ def run_trainer(config: TrainerConfig) -> int:
         return 1
     for line in summary.lines():
         print(line)
+    if summary.stopped:
+        from .lifecycle import STOPPED_EXIT_CODE
+
+        print(f"stopped on SIGTERM after step {summary.steps}: resume continues from {summary.checkpoint}")
+        return STOPPED_EXIT_CODE
     return 0
 
 
@@ -181,7 +191,8 @@ def _start_backend(kind: str, spec: RLHFJobSpec) -> tuple[Backend, PlacementPlan
 
 
 def _train(config: TrainerConfig, prepared: Prepared) -> RunSummary:
-    from .checkpoint import Checkpointer, load_checkpoint, restore_driver_rng
+    from .checkpoint import Checkpointer
+    from .lifecycle import StopRequest, open_store
     from .loop import RLLoop
     from .rewards import build_rewards
     from .role_groups import start_roles
@@ -189,6 +200,8 @@ def _train(config: TrainerConfig, prepared: Prepared) -> RunSummary:
 
     started = time.perf_counter()
     spec = prepared.spec
+    stop_request = StopRequest()
+    stop_request.install()  # from here on SIGTERM means: finish the step, commit, exit
     backend, plan, num_threads, stop = _start_backend(config.backend, spec)
     telemetry = None
     success = False
@@ -203,7 +216,10 @@ def _train(config: TrainerConfig, prepared: Prepared) -> RunSummary:
         rewards = build_rewards(spec, model_scorers=scorers)
         rewards.preflight()
         telemetry = Telemetry(config, spec.training.max_steps, spec.algorithm.name)
-        checkpointer = Checkpointer(spec.checkpoint, spec.training.max_steps) if spec.checkpoint else None
+        store = open_store(config)
+        checkpointer = (
+            Checkpointer(spec.checkpoint, spec.training.max_steps, store) if spec.checkpoint else None
+        )
         loop = RLLoop(
             spec,
             roles,
@@ -215,17 +231,12 @@ def _train(config: TrainerConfig, prepared: Prepared) -> RunSummary:
             checkpointer,
             prepared.eval_dataset,
         )
-        start_step = 0
-        if prepared.resume_path is not None:
-            state = load_checkpoint(prepared.resume_path, roles, backend)
-            prepared.dataset.load_state_dict(state["data"])
-            start_step = int(state["step"])
-            loop.sync_weights()  # the engines started from the base model
-            restore_driver_rng(prepared.resume_path)  # last: nothing may draw from it after this
-            log.info("resumed from %s at step %d", prepared.resume_path, start_step)
+        loop.stop_requested = lambda: stop_request.requested
+        start_step = _resume(config, prepared, store, roles, backend, loop, telemetry)
         result = loop.run(start_step)
         success = True
     finally:
+        stop_request.uninstall()
         if telemetry is not None:
             telemetry.close(success)
         backend.shutdown()
@@ -240,7 +251,48 @@ def _train(config: TrainerConfig, prepared: Prepared) -> RunSummary:
         plot_path=telemetry.curves_path,
         checkpoint=last.path if last else None,
         hf_export=last.hf_path if last else None,
+        stopped=result.stopped,
     )
+
+
+def _resume(
+    config: TrainerConfig,
+    prepared: Prepared,
+    store: ObjectStore | None,
+    roles: Roles,
+    backend: Backend,
+    loop: RLLoop,
+    telemetry: Telemetry,
+) -> int:
+    """Load the checkpoint this attempt starts from; returns its step (0: from the start)."""
+    from .checkpoint import restore_driver_rng
+    from .lifecycle import Resumed, load_roles, resume_from_store
+
+    load = load_roles(roles, backend)
+    if prepared.resume_path is not None:
+        resumed = Resumed(prepared.resume_path, prepared.resume_path, load(prepared.resume_path))
+    elif store is not None and _resumes_from_store(config):
+        assert prepared.spec.checkpoint is not None
+        resumed = resume_from_store(store, prepared.spec.checkpoint.local_root, load)
+    else:
+        return 0
+    start_step = 0
+    if resumed.state is not None and resumed.path is not None:
+        prepared.dataset.load_state_dict(resumed.state["data"])
+        start_step = int(resumed.state["step"])
+        loop.sync_weights()  # the engines started from the base model
+        restore_driver_rng(resumed.path)  # last: nothing may draw from it after this
+        log.info("resumed from %s at step %d", resumed.url, start_step)
+    if store is not None or resumed.skipped:
+        telemetry.resumed(resumed.url, start_step, resumed.skipped)
+    return start_step
+
+
+def _resumes_from_store(config: TrainerConfig) -> bool:
+    checkpoint = config.spec.checkpoint
+    if config.resume_from is not None:
+        return config.resume_from.startswith("s3://")
+    return checkpoint is not None and checkpoint.resume == "auto"
 
 
 def _role_scorer(backend: Backend, group: RoleGroup) -> Callable[[list[str]], list[float]]:

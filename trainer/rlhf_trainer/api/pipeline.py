@@ -141,6 +141,14 @@ def reference_errors(spec: RLHFPipelineSpec) -> list[FieldError]:
                         f"{value}: stage {name!r} exports no model (set its checkpoint with exportHF: true)",
                     )
                 )
+            elif source.checkpoint.path.startswith("s3://"):
+                errors.append(
+                    FieldError(
+                        field,
+                        f"{value}: stage {name!r} exports to object storage ({source.checkpoint.path}), which a "
+                        "later stage cannot load a model from yet: give that stage a checkpoint directory",
+                    )
+                )
             elif kind == "reward" and source.algorithm.name != "rm":
                 errors.append(
                     FieldError(

@@ -799,20 +799,63 @@ class GenerationSpec(ApiModel):
     top_k: int = Field(default=0, ge=0, le=INT32_MAX, description="Top-k sampling (0: off).")
 
 
+S3_URL = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
+DEFAULT_STAGING_PATH = "/tmp/rlhf-checkpoints"
+
+
+def is_s3_path(path: str) -> bool:
+    return path.startswith("s3://")
+
+
+class S3Spec(ApiModel):
+    """Where an s3:// checkpoint path lives. Credentials come only from the Secret."""
+
+    endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+(/.*)?$",
+        max_length=512,
+        description="S3 endpoint URL of an S3-compatible store (MinIO, Ceph RGW, ...). Unset: AWS S3.",
+    )
+    region: str = Field(
+        default="us-east-1", min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$", description="S3 region."
+    )
+    secret_ref: LocalObjectReference = Field(
+        description="Secret in the job's namespace with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+        "(and optionally AWS_SESSION_TOKEN); handed to the pods as environment, never copied anywhere else."
+    )
+
+
 class CheckpointSpec(ApiModel):
     path: str = Field(
         min_length=1,
         max_length=PATH_LENGTH,
-        description="Directory for checkpoints (on the checkpoint volume in a cluster). In a cluster it may "
-        "not be /, /etc, nor under /etc/rlhf (the trainer config), /dev, /proc or /sys.",
+        description="Directory for checkpoints (on the checkpoint volume in a cluster), or s3://bucket/prefix: "
+        "checkpoints are then written to stagingPath and uploaded, each committed by a marker written last. "
+        "In a cluster a directory may not be /, /etc, nor under /etc/rlhf (the trainer config), /dev, /proc "
+        "or /sys.",
+    )
+    s3: S3Spec | None = Field(
+        default=None, description="Endpoint, region and credentials (by Secret) of an s3:// path."
+    )
+    staging_path: str = Field(
+        default=DEFAULT_STAGING_PATH,
+        min_length=2,
+        max_length=PATH_LENGTH,
+        pattern=r"^/.*$",
+        description="With an s3:// path: the local directory a checkpoint is written to before its upload "
+        "(the checkpoint volume mounts here when set; a shared one is needed when roles run on GPU worker pods).",
     )
     volume: VolumeSource | None = Field(
-        default=None, description="Volume mounted at path on every pod (shared, e.g. a ReadWriteMany PVC)."
+        default=None,
+        description="Volume mounted at path (at stagingPath for an s3:// path) on every pod "
+        "(shared, e.g. a ReadWriteMany PVC).",
     )
     every_steps: int = Field(
         default=50, ge=1, le=INT32_MAX, description="Save every N steps (and always at the end)."
     )
-    keep: int = Field(default=3, ge=1, le=1000, description="Keep the last K checkpoints.")
+    keep: int = Field(
+        default=3, ge=1, le=1000, description="Keep the last K checkpoints (in the bucket for an s3:// path)."
+    )
     export_hf: bool = Field(
         default=True, alias="exportHF", description="Also write the actor in HF format (from_pretrained)."
     )
@@ -820,7 +863,8 @@ class CheckpointSpec(ApiModel):
         default="auto",
         pattern=r"^(auto|never|/.*)$",
         max_length=PATH_LENGTH,
-        description="auto: continue from the latest checkpoint under path; never; or an absolute checkpoint path.",
+        description="auto: continue from the latest committed checkpoint under path (one that fails to load "
+        "is skipped for the one before it); never; or an absolute checkpoint path.",
     )
 
     rules = (
@@ -831,7 +875,38 @@ class CheckpointSpec(ApiModel):
             field="path",
             check=lambda c: not _fixed_mount(c.path),
         ),
+        Rule(
+            cel=f"!self.path.startsWith('s3://') || self.path.matches('{S3_URL}')",
+            message="an s3:// path is s3://<bucket>/<prefix> with a valid bucket name (3-63 of a-z 0-9 . -)",
+            field="path",
+            check=lambda c: not is_s3_path(c.path) or re.match(S3_URL, c.path) is not None,
+        ),
+        Rule(
+            cel="!self.path.startsWith('s3://') || has(self.s3)",
+            message="required with an s3:// path (endpoint, region and secretRef)",
+            field="s3",
+            check=lambda c: not is_s3_path(c.path) or c.s3 is not None,
+        ),
+        Rule(
+            cel="self.path.startsWith('s3://') || !has(self.s3)",
+            message="only used with an s3:// path",
+            field="s3",
+            check=lambda c: is_s3_path(c.path) or c.s3 is None,
+        ),
+        Rule(
+            cel=f"!self.path.startsWith('s3://') || !(self.stagingPath in {_FIXED_DIRS_CEL} || "
+            f"{_FIXED_TREES_CEL}.exists(d, self.stagingPath.startsWith(d + '/')))",
+            message="collides with a directory the pods need (/, /etc, /etc/rlhf: the trainer config, "
+            "/dev, /dev/shm, /proc, /sys)",
+            field="stagingPath",
+            check=lambda c: not is_s3_path(c.path) or not _fixed_mount(c.staging_path),
+        ),
     )
+
+    @property
+    def local_root(self) -> str:
+        """The directory the ranks write a checkpoint to: path, or stagingPath for an s3:// path."""
+        return self.staging_path if is_s3_path(self.path) else self.path
 
 
 # --------------------------------------------------------------------------------------------
@@ -982,7 +1057,16 @@ class RLHFJobSpec(ApiModel):
     )
     secrets: SecretRefs = Field(default_factory=SecretRefs, description="Credentials, by reference only.")
     suspend: bool = Field(
-        default=False, description="Suspend the job (stops its Ray cluster, keeps checkpoints)."
+        default=False,
+        description="Suspend the job: its pods are asked to stop (SIGTERM), the trainer commits a checkpoint "
+        "of the last finished step within terminationGracePeriodSeconds, and unsuspending resumes from it.",
+    )
+    termination_grace_period_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=86400,
+        description="How long a pod asked to stop (suspend, Kueue preemption, node drain) has to save and "
+        "commit its checkpoint before it is killed. Size it for one step plus one checkpoint (and its upload).",
     )
     backoff_limit: int = Field(
         default=2,
@@ -1010,7 +1094,12 @@ class RLHFJobSpec(ApiModel):
         description="Delete the Ray cluster this long after the job finishes.",
     )
     queue_name: str | None = Field(
-        default=None, pattern=DNS_LABEL, max_length=63, description="Kueue LocalQueue name."
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Kueue LocalQueue name: the RayJob is created suspended and Kueue starts it when the queue "
+        "admits it (phase Queued until then), and suspends it again to preempt it (the trainer commits a "
+        "checkpoint and the job resumes from it when readmitted).",
     )
     priority_class_name: str | None = Field(
         default=None,
@@ -1076,6 +1165,26 @@ class RLHFJobSpec(ApiModel):
                 % s.training.train_batch_size
                 == 0
             ),
+        ),
+        Rule(
+            cel="!has(self.checkpoint) || !self.checkpoint.path.startsWith('s3://') || has(self.checkpoint.volume) "
+            "|| (self.models.actor.gpus == 0 && (!has(self.models.critic) || self.models.critic.gpus == 0))",
+            message="required with an s3:// path when the actor or critic runs on GPU worker pods: the driver "
+            "uploads from stagingPath, which the worker pods must share (e.g. a ReadWriteMany PVC)",
+            field="checkpoint.volume",
+            check=lambda s: (
+                s.checkpoint is None
+                or not is_s3_path(s.checkpoint.path)
+                or s.checkpoint.volume is not None
+                or (s.models.actor.gpus == 0 and (s.models.critic is None or s.models.critic.gpus == 0))
+            ),
+        ),
+        Rule(
+            cel="!(self.suspend && has(self.queueName))",
+            message="not with queueName: Kueue suspends and resumes a queued job (deactivate its Workload, "
+            "or stop its LocalQueue, to hold it)",
+            field="suspend",
+            check=lambda s: not (s.suspend and s.queue_name),
         ),
     ) + stage_rules()
 

@@ -20,7 +20,10 @@ def rfc3339(moment: datetime | float) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-Phase = Literal["Pending", "Initializing", "Running", "Retrying", "Suspended", "Succeeded", "Failed"]
+# Queued: held by Kueue (spec.queueName) until its LocalQueue admits it, or again after a preemption.
+Phase = Literal[
+    "Pending", "Queued", "Initializing", "Running", "Retrying", "Suspended", "Succeeded", "Failed"
+]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
@@ -34,7 +37,7 @@ OPERATOR_FIELDS = (
     "completionTime",
     "message",
 )
-TRAINER_FIELDS = ("progress", "metrics", "checkpoints", "latestCheckpoint", "failure")
+TRAINER_FIELDS = ("progress", "metrics", "checkpoints", "latestCheckpoint", "failure", "resume")
 
 
 class Condition(ApiModel):
@@ -78,6 +81,23 @@ class CheckpointRef(ApiModel):
     hf_path: str | None = Field(
         default=None, alias="hfPath", description="HF-format export of the actor, if any."
     )
+    attempt: int | None = Field(default=None, ge=0, description="The attempt that committed it.")
+
+
+class SkippedCheckpoint(ApiModel):
+    path: str = Field(description="The committed checkpoint that was not resumed from.")
+    reason: str = Field(default="", max_length=1024, description="Why it failed to download or load.")
+
+
+class ResumeRecord(ApiModel):
+    """Where the current attempt resumed from, and the newer committed checkpoints it had to skip."""
+
+    attempt: int = Field(ge=0, description="The attempt that resumed.")
+    path: str | None = Field(default=None, description="The checkpoint it resumed from (unset: the start).")
+    step: int = Field(default=0, ge=0, description="The step of that checkpoint.")
+    skipped: list[SkippedCheckpoint] = Field(
+        default_factory=list, max_length=16, description="Newer committed checkpoints that failed to load."
+    )
 
 
 class TrainerFailure(ApiModel):
@@ -113,4 +133,9 @@ class RLHFJobStatus(ApiModel):
     latest_checkpoint: CheckpointRef | None = Field(default=None, description="The newest checkpoint.")
     failure: TrainerFailure | None = Field(
         default=None, description="The trainer's report of the error it stopped on (written by the trainer)."
+    )
+    resume: ResumeRecord | None = Field(
+        default=None,
+        description="Where the current attempt resumed from, and any newer checkpoint it skipped (written by "
+        "the trainer).",
     )

@@ -37,8 +37,10 @@ def progress(
     ).to_wire()
 
 
-def checkpoint_entry(step: int, path: str, hf_path: str | None, now: float) -> dict[str, Any]:
-    return CheckpointRef(step=step, path=path, time=rfc3339(now), hf_path=hf_path).to_wire()
+def checkpoint_entry(
+    step: int, path: str, hf_path: str | None, now: float, attempt: int | None = None
+) -> dict[str, Any]:
+    return CheckpointRef(step=step, path=path, time=rfc3339(now), hf_path=hf_path, attempt=attempt).to_wire()
 
 
 def add_checkpoint(
@@ -54,6 +56,7 @@ def trainer_status(
     progress_fields: dict[str, Any] | None,
     metrics: dict[str, float],
     checkpoints: list[dict[str, Any]],
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The merge-patch body: only the trainer-owned fields, and only those with content (an empty
     list would erase what an earlier attempt recorded)."""
@@ -65,6 +68,8 @@ def trainer_status(
     if checkpoints:
         status["checkpoints"] = checkpoints
         status["latestCheckpoint"] = checkpoints[-1]
+    if resume is not None:
+        status["resume"] = resume
     assert set(status) <= set(TRAINER_FIELDS)
     return status
 

@@ -10,6 +10,7 @@ import time
 from typing import Any, TextIO
 
 from ..api.job import TrainerConfig
+from ..api.status import ResumeRecord, SkippedCheckpoint
 from ..rewards.naming import reward_source_names
 from .plot import panels_for, read_rows, write_curves
 from .progress import ProgressDisplay
@@ -89,6 +90,8 @@ class Telemetry:
         self.step_times: list[float] = []
         self._last_log = time.monotonic()
         self._progress: dict[str, Any] | None = None
+        self._resume: dict[str, Any] | None = None
+        self.superseded = False
         self._display = ProgressDisplay(total_steps, stream)
         self.exporter: PrometheusExporter | None = None
         if config.metrics_port > 0:
@@ -117,11 +120,39 @@ class Telemetry:
         self._display.update(step, values, eta)
         if self.exporter is not None:
             self.exporter.update(step, self.total_steps, values)
-        self.sink.update(self._status(), force=step >= self.total_steps)
+        if not self._superseded():  # one status read per step: steps take seconds to minutes
+            self.sink.update(self._status(), force=step >= self.total_steps)
 
     def checkpoint_saved(self, step: int, path: str, hf_path: str | None = None) -> None:
-        entry = checkpoint_entry(step, path, hf_path, time.time())
+        if self._superseded():
+            return
+        entry = checkpoint_entry(step, path, hf_path, time.time(), self.config.attempt)
         self.checkpoints = add_checkpoint(self.checkpoints, entry, self.keep)
+        self.sink.update(self._status(), force=True)
+
+    def _superseded(self) -> bool:
+        """True once a newer attempt has recorded a checkpoint: from then on this attempt writes
+        no status, so status.latestCheckpoint never moves back to an older attempt's."""
+        if not self.superseded:
+            stored = self.sink.read().get("latestCheckpoint") or {}
+            newer = stored.get("attempt")
+            if isinstance(newer, int) and newer > self.config.attempt:
+                log.warning(
+                    "attempt %d superseded by attempt %d: leaving the job's status to it",
+                    self.config.attempt,
+                    newer,
+                )
+                self.superseded = True
+        return self.superseded
+
+    def resumed(self, path: str | None, step: int, skipped: list[tuple[str, str]]) -> None:
+        """Record where this attempt resumed from and the newer checkpoints it skipped."""
+        self._resume = ResumeRecord(
+            attempt=self.config.attempt,
+            path=path,
+            step=step,
+            skipped=[SkippedCheckpoint(path=p, reason=r[:1024]) for p, r in skipped[:16]],
+        ).to_wire()
         self.sink.update(self._status(), force=True)
 
     def close(self, success: bool) -> None:
@@ -138,14 +169,14 @@ class Telemetry:
         except Exception:
             # The plot is a convenience; its failure must not mask how training ended.
             log.exception("could not write %s", self.curves_path)
-        if self._progress is not None or self.checkpoints:
+        if (self._progress is not None or self.checkpoints) and not self.superseded:
             self.sink.update(self._status(), force=True)
-        self.sink.flush()
+            self.sink.flush()
         if self.exporter is not None:
             self.exporter.close()
 
     def _status(self) -> dict[str, Any]:
-        return trainer_status(self._progress, self.metrics, self.checkpoints)
+        return trainer_status(self._progress, self.metrics, self.checkpoints, self._resume)
 
 
 def _number(key: str, value: Any) -> float:
