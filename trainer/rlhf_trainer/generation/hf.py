@@ -43,6 +43,7 @@ class HFGenerationEngine:
         pad_id: int,
         device: torch.device,
         max_batch_size: int | None = None,
+        synced: bool = False,
     ) -> None:
         self.model = model
         self.spec = spec
@@ -50,6 +51,9 @@ class HFGenerationEngine:
         self.pad_id = pad_id
         self.device = device
         self.max_batch_size = max_batch_size
+        # ZeRO-3 ranks generating with one partitioned model: every rank runs forward passes until
+        # the last rank's samples end (each pass gathers partitions, a collective).
+        self.synced = synced
         self.config = sampling_config(spec, eos_ids, pad_id)
 
     @torch.no_grad()
@@ -64,6 +68,7 @@ class HFGenerationEngine:
                     input_ids=ids[i : i + chunk].to(self.device),
                     attention_mask=mask[i : i + chunk].to(self.device),
                     generation_config=self.config,
+                    synced_gpus=self.synced,
                 )[:, ids.shape[1] :].cpu()
                 for i in range(0, len(prompts), chunk)
             ]
