@@ -108,7 +108,9 @@ CASES: dict[str, Callable[[], Doc]] = {
 def rendered_groups(spec: RLHFJobSpec) -> list[dict]:
     doc = example_doc("tiny-grpo-cpu")
     job = job_from(doc).model_copy(update={"spec": spec})
-    return render_rayjob(job, RenderOptions(default_image="img"))["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    return render_rayjob(job, RenderOptions(default_image="img"))["spec"]["rayClusterSpec"][
+        "workerGroupSpecs"
+    ]
 
 
 def pod_gpus(spec: RLHFJobSpec) -> int:
@@ -145,7 +147,9 @@ def disagreements(spec: RLHFJobSpec, placement: Callable[[RLHFJobSpec, float], P
     rank_bundles = sum(b.get(CPU_RANK_RESOURCE, 0.0) for b in ranked.bundles)
     pods = cpu_rank_pods(spec)
     if rank_bundles != pods or pods != layout.cpu_rank_pods:
-        problems.append(f"cpu ranks: {pods} rank pods rendered, the trainer places {rank_bundles} ranks on them")
+        problems.append(
+            f"cpu ranks: {pods} rank pods rendered, the trainer places {rank_bundles} ranks on them"
+        )
     return problems
 
 

@@ -22,7 +22,6 @@ import torch
 
 from .api.spec import CheckpointSpec
 from .backends.base import Backend
-from .checkpoint_ranks import check_training_ranks
 from .rng import capture_rng_state, restore_rng_state
 from .role_groups import Roles
 
@@ -130,6 +129,8 @@ class Checkpointer:
 def load_checkpoint(path: str, roles: Roles, backend: Backend) -> dict[str, Any]:
     """Restore every role from `path`; returns the trainer state. The driver's RNG is restored
     last (restore_driver_rng), after everything that might still draw from it."""
+    from .checkpoint_ranks import check_training_ranks
+
     check_training_ranks(path, roles)
     pending = roles.actor.call("load_checkpoint", os.path.join(path, "actor"))
     if roles.critic is not None:

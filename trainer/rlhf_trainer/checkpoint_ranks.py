@@ -1,10 +1,10 @@
 """A resume on a different number of training ranks than the checkpoint was written by.
 
-Each training role's checkpoint directory records the ranks that wrote it (`ranks.json`). ZeRO 0
-keeps the whole optimizer state in rank 0's file, which any number of ranks reads back. ZeRO 1-3
-partition the optimizer states (and ZeRO-3 the weights) by rank: those states are read back only by
-the same number of ranks, and anything else is refused here, before any role loads, with an error
-naming spec.checkpoint, the role and both world sizes.
+Each training role's checkpoint directory records the ranks that wrote it (`ranks.json`). ZeRO 1-3
+partition the optimizer states (and ZeRO-3 the weights) by rank, and every rank keeps its own RNG
+state: a checkpoint is read back only by the same number of ranks. Anything else is refused here,
+before any role loads, with an error naming spec.checkpoint, the role and both world sizes (the
+HF export under hf/ of a checkpoint starts a new job on any number of ranks).
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 
+from .checkpoint import CheckpointError
 from .role_groups import Roles
 from .roles.base import RANKS_FILE
 
 RANK_FIELD = "spec.models.{}.gpus, or cpuRanks on CPU"
 
 
-class RankMismatchError(ValueError):
+class RankMismatchError(CheckpointError):
     """A checkpoint written by a different number of ranks that cannot be read by this job's."""
 
 
@@ -39,12 +40,12 @@ def check_ranks(path: str, role: str, directory: str, world_size: int, field: st
     if recorded is None:
         return
     written, stage = recorded
-    if written == world_size or stage == 0:
+    if written == world_size:
         return
     raise RankMismatchError(
-        f"spec.checkpoint: checkpoint {path} was written by {written} {role} ranks with ZeRO-{stage}, "
-        f"this job runs {world_size} ({field}); ZeRO-{stage} optimizer states are partitioned by rank, "
-        f"so resume with {written} ranks, or start afresh (spec.checkpoint.resume: never)"
+        f"spec.checkpoint: checkpoint {path} was written by {written} {role} ranks (ZeRO-{stage}), "
+        f"this job runs {world_size} ({field}); its optimizer and RNG states are per rank, so resume "
+        f"with {written} ranks, or start afresh from its hf/ export (spec.checkpoint.resume: never)"
     )
 
 
@@ -52,4 +53,6 @@ def check_training_ranks(path: str, roles: Roles) -> None:
     """check_ranks for the actor and the critic of a job about to resume from `path`."""
     check_ranks(path, "actor", os.path.join(path, "actor"), roles.actor.size, RANK_FIELD.format("actor"))
     if roles.critic is not None:
-        check_ranks(path, "critic", os.path.join(path, "critic"), roles.critic.size, RANK_FIELD.format("critic"))
+        check_ranks(
+            path, "critic", os.path.join(path, "critic"), roles.critic.size, RANK_FIELD.format("critic")
+        )

@@ -118,7 +118,9 @@ class TrainingEngine:
         if self.zero_stage != 3:
             if not keep:
                 return {}
-            return {k: (v.detach().cpu() if to_cpu else v.detach()) for k, v in self.module.state_dict().items()}
+            return {
+                k: (v.detach().cpu() if to_cpu else v.detach()) for k, v in self.module.state_dict().items()
+            }
         state: dict[str, torch.Tensor] = {}
         for name, param in self.module.named_parameters():
             with self.gathered([param]):
