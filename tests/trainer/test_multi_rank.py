@@ -2,7 +2,7 @@
 
 One optimizer step on the same 8 samples (4 micro batches of 2: gradient accumulation over 4 on
 one rank, over 2 on each of two) leaves the same parameters on 1 rank and on 2 ranks with ZeRO 0,
-2 and 3, within TOLERANCE: 1% of Adam's first step, which moves every parameter by about the
+1 (optimizer offload), 2, 3 and 3 with optimizer offload, within TOLERANCE: 1% of Adam's first step, which moves every parameter by about the
 learning rate (1e-2). Measured in fp32: ZeRO 0 and 2 agree within 1e-5; ZeRO-3 reduces gradients
 in another order, and Adam's g / (|g| + eps) turns that rounding in near-zero gradients into
 differences of up to 3e-5. The 2-rank ZeRO-3 actor's HF export holds
@@ -28,13 +28,14 @@ TOLERANCE = 1e-4
 LEARNING_RATE = 1e-2
 
 
-def step_job(demo_assets: dict, zero_stage: int, ranks: int) -> dict:
+def step_job(demo_assets: dict, zero_stage: int, ranks: int, offload: bool = False) -> dict:
+    actor = {"zeroStage": zero_stage, "cpuRanks": ranks, "offload": {"optimizer": offload}}
     return manifest(
         demo_assets["model"],
         demo_assets["prompts"],
         "grpo",
         {
-            "models": {"actor": {"zeroStage": zero_stage, "cpuRanks": ranks}},
+            "models": {"actor": actor},
             "training": {
                 "rolloutBatchSize": 4,
                 "trainBatchSize": 8,
@@ -99,13 +100,13 @@ class Runs:
 
     def __init__(self, demo_assets: dict, root: Path) -> None:
         self.demo_assets, self.root = demo_assets, root
-        self.cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        self.cache: dict[tuple[int, int, bool], dict[str, torch.Tensor]] = {}
 
-    def weights(self, zero_stage: int, ranks: int) -> dict[str, torch.Tensor]:
-        key = (zero_stage, ranks)
+    def weights(self, zero_stage: int, ranks: int, offload: bool = False) -> dict[str, torch.Tensor]:
+        key = (zero_stage, ranks, offload)
         if key not in self.cache:
-            export = self.hf_dir(zero_stage, ranks)
-            self.cache[key] = train_one_step(step_job(self.demo_assets, zero_stage, ranks), export)
+            doc = step_job(self.demo_assets, zero_stage, ranks, offload)
+            self.cache[key] = train_one_step(doc, self.hf_dir(zero_stage, ranks) if not offload else None)
         return self.cache[key]
 
     def hf_dir(self, zero_stage: int, ranks: int) -> Path:
@@ -117,10 +118,14 @@ def runs(demo_assets: dict, ray_cluster: None, tmp_path_factory: pytest.TempPath
     yield Runs(demo_assets, tmp_path_factory.mktemp("multi-rank"))
 
 
-@pytest.mark.parametrize("zero_stage", [0, 2, 3])
-def test_two_ranks_take_the_same_step_as_one(runs: Runs, zero_stage: int, demo_assets: dict) -> None:
+@pytest.mark.parametrize(
+    ("zero_stage", "offload"), [(0, False), (1, True), (2, False), (3, False), (3, True)]
+)
+def test_two_ranks_take_the_same_step_as_one(
+    runs: Runs, zero_stage: int, offload: bool, demo_assets: dict
+) -> None:
     one = runs.weights(0, 1)
-    two = runs.weights(zero_stage, 2)
+    two = runs.weights(zero_stage, 2, offload)
     assert one.keys() == two.keys()
     initial = hf_weights(demo_assets["model"])
     moved = max((one[name] - initial[name]).abs().max().item() for name in initial)
@@ -210,3 +215,39 @@ def test_two_rank_resume_after_a_crash_reproduces_the_uninterrupted_run(
         check_training_ranks(str(tmp_path / "ckpt" / "step_000002"), one_rank)
     message = str(error.value)
     assert message.startswith("spec.checkpoint:") and "2 actor ranks" in message and "runs 1" in message
+
+
+# ------------------------------------------------------------------------ learning
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny-grpo-cpu.yaml"
+
+
+def test_ppo_with_two_rank_actor_and_critic_learns_the_demo_task(
+    demo_assets: dict, ray_cluster: None, tmp_path: Path
+) -> None:
+    """The demo task (examples/tiny-grpo-cpu.yaml) with PPO: actor on 2 ZeRO-3 ranks (it generates,
+    with synced forward passes), critic on 2 ZeRO-2 ranks. Measured: the mean reward of the last 5
+    of 40 steps is 0.31, of the first 5 0.03; asserted: a rise of at least 0.2."""
+    import yaml
+
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    spec = doc["spec"]
+    cpu = {"model": demo_assets["model"], "gpus": 0, "precision": "fp32", "cpuRanks": 2}
+    spec["algorithm"] = {"name": "ppo", "samplesPerPrompt": 4, "kl": {"coef": 0.0}}
+    spec["models"].update(
+        actor={**cpu, "zeroStage": 3},
+        critic={**cpu, "zeroStage": 2},
+        rollout={"engine": "hf", "engines": 0},
+    )
+    spec["data"]["prompts"]["path"] = demo_assets["prompts"]
+    spec["training"].update(
+        rolloutBatchSize=32, trainBatchSize=128, microBatchSize=32, maxSteps=40, criticLearningRate=1e-2
+    )
+    del spec["checkpoint"]
+    assert run(doc, tmp_path / "out", backend="ray") == 0
+    rows = metrics(tmp_path / "out")
+    rewards = [row["reward/mean"] for row in rows]
+    assert len(rewards) == 40
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last >= first + 0.2, f"reward did not rise: first 5 {first:.3f}, last 5 {last:.3f}"
+    assert all(row["critic/vf_loss"] == row["critic/vf_loss"] for row in rows)  # finite, not NaN
