@@ -58,6 +58,11 @@ class HFGenerationEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]]) -> GenerationOutput:
+        if not prompts:  # more workers than prompts (a small evaluation set)
+            if self.synced:  # the other ranks' forward passes need this one's
+                self.generate([[self.pad_id]])
+            empty = torch.zeros((0, 1), dtype=torch.long)
+            return GenerationOutput(input_ids=empty, attention_mask=empty.clone(), prompt_width=1)
         ids, mask = left_pad(prompts, self.pad_id, self.spec.max_prompt_length)
         chunk = self.max_batch_size or len(prompts)
         was_training = self.model.training
