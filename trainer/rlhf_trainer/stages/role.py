@@ -16,7 +16,7 @@ from ..api.spec import RLHFJobSpec, RoleSpec
 from ..engine.deepspeed_engine import TrainingEngine
 from ..engine.device import DistributedContext
 from ..engine.models import _prepare, load_causal_lm, load_tokenizer, model_dtype
-from ..roles.base import load_rng, save_rng, start_role_process
+from ..roles.base import load_rng, save_ranks, save_rng, start_role_process
 from ..rollout_batch import even_ranges
 from .data import Example
 from .encode import Encoded, encode_completions, encode_scored_texts
@@ -194,6 +194,8 @@ class StageRole:
     def save_checkpoint(self, directory: str) -> None:
         self.engine.save(directory)
         save_rng(directory, self.dist.rank)
+        if self.dist.rank == 0:
+            save_ranks(directory, self.dist.world_size, self.engine.zero_stage)
 
     def load_checkpoint(self, directory: str) -> None:
         self.engine.load(directory)
@@ -202,7 +204,7 @@ class StageRole:
     def export_hf(self, directory: str) -> None:
         """The trained model in HF format with its tokenizer (rm: AutoModelForSequenceClassification,
         num_labels 1, what the reward role loads); rank 0 writes."""
-        state = self.engine.full_state_dict(to_cpu=True)
+        state = self.engine.full_state_dict(to_cpu=True, rank0_only=True)
         if self.dist.rank != 0:
             return
         os.makedirs(directory, exist_ok=True)
