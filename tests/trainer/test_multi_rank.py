@@ -7,8 +7,9 @@ learning rate (1e-2). Measured in fp32: ZeRO 0 and 2 agree within 1e-5; ZeRO-3 r
 in another order, and Adam's g / (|g| + eps) turns that rounding in near-zero gradients into
 differences of up to 3e-5. The 2-rank ZeRO-3 actor's HF export holds
 exactly its gathered parameters and loads with from_pretrained. A 2-rank ZeRO-3 run that crashes
-and resumes ends bit-identical to an uninterrupted one, and its checkpoint refuses a resume on one
-rank naming spec.checkpoint and both world sizes.
+and resumes ends bit-identical to an uninterrupted one, and its checkpoint resumes on one rank
+through DeepSpeed's universal checkpoint with the same weights and schedule. A PPO job with a
+2-rank actor and a 2-rank critic learns the demo task.
 """
 
 from __future__ import annotations
@@ -205,16 +206,36 @@ def test_two_rank_resume_after_a_crash_reproduces_the_uninterrupted_run(
     ]
     assert [r["step"] for r in metrics(tmp_path / "out")] == [1, 2, 3]
 
-    # The same checkpoint on one rank: ZeRO-3 states are partitioned by rank, so it is refused.
-    from rlhf_trainer.backends.base import RoleGroup
-    from rlhf_trainer.checkpoint_ranks import RankMismatchError, check_training_ranks
-    from rlhf_trainer.role_groups import Roles
+    # The same checkpoint on one rank: DeepSpeed's universal form repartitions the ZeRO-3 states.
+    step2 = tmp_path / "ckpt" / "step_000002"
+    one_rank = resumable(demo_assets, tmp_path / "one-rank")
+    one_rank["spec"]["models"]["actor"]["cpuRanks"] = 1
+    one_rank["spec"]["checkpoint"]["resume"] = str(step2)
+    assert run(one_rank, tmp_path / "one-rank-out", backend="local") == 0
+    assert [r["step"] for r in metrics(tmp_path / "one-rank-out")] == [3]
+    assert (step2 / "actor" / "engine_universal" / "CONVERTED").is_file()
+    check_universal_load(demo_assets, step2)
 
-    one_rank = Roles(actor=RoleGroup("actor", [object()], backend=None))  # type: ignore[arg-type]
-    with pytest.raises(RankMismatchError) as error:
-        check_training_ranks(str(tmp_path / "ckpt" / "step_000002"), one_rank)
-    message = str(error.value)
-    assert message.startswith("spec.checkpoint:") and "2 actor ranks" in message and "runs 1" in message
+
+def check_universal_load(demo_assets: dict, checkpoint: Path) -> None:
+    """One rank reads a 2-rank ZeRO-3 checkpoint: its weights are the checkpoint's HF export and its
+    schedule stands where the run left it (2 steps x 2 optimizer steps)."""
+    from rlhf_trainer.api.validation import validate_manifest
+    from rlhf_trainer.checkpoint_ranks import needs_universal
+    from rlhf_trainer.engine.device import DistributedContext
+    from rlhf_trainer.preflight import absolute_paths
+    from rlhf_trainer.roles.actor import ActorRole
+
+    job, errors = validate_manifest(resumable(demo_assets, checkpoint.parent))
+    assert not errors, errors
+    spec = absolute_paths(job.spec)
+    actor = ActorRole(spec.model_copy(deep=True), DistributedContext(), generates=False)
+    assert needs_universal(str(checkpoint), "actor", 1)
+    actor.load_checkpoint(str(checkpoint / "actor"), universal=True)
+    weights = actor.weights(to_cpu=True)
+    exported = hf_weights(checkpoint / "hf")
+    assert all(torch.equal(weights[name], exported[name]) for name in exported)
+    assert actor.engine.scheduler.last_epoch == 4
 
 
 # ------------------------------------------------------------------------ learning
@@ -230,6 +251,8 @@ def test_ppo_with_two_rank_actor_and_critic_learns_the_demo_task(
     with synced forward passes), critic on 2 ZeRO-2 ranks. Measured: the mean reward of the first 5
     steps is 0.03, of the last 5 of 40 steps 0.22, of 60 steps 0.34; asserted: a rise of at least 0.2."""
     import yaml
+
+    from rlhf_trainer.checkpoint_ranks import written_ranks
 
     doc = yaml.safe_load(EXAMPLE.read_text())
     spec = doc["spec"]
@@ -251,7 +274,7 @@ def test_ppo_with_two_rank_actor_and_critic_learns_the_demo_task(
     )
     # One evaluation prompt: one rank generates nothing but joins the other's synced passes.
     spec["data"]["eval"] = {**spec["data"]["prompts"], "maxSamples": 1}
-    del spec["checkpoint"]
+    spec["checkpoint"] = {"path": str(tmp_path / "ckpt"), "everySteps": STEPS, "resume": "never"}
     assert run(doc, tmp_path / "out", backend="ray") == 0
     rows = metrics(tmp_path / "out")
     rewards = [row["reward/mean"] for row in rows]
@@ -260,3 +283,10 @@ def test_ppo_with_two_rank_actor_and_critic_learns_the_demo_task(
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert last >= first + 0.2, f"reward did not rise: first 5 {first:.3f}, last 5 {last:.3f}"
     assert all(row["critic/vf_loss"] == row["critic/vf_loss"] for row in rows)  # finite, not NaN
+    # Both roles' ranks wrote their own states (ZeRO partitions and RNG), rank 0 the rank record.
+    for role, stage in (("actor", 3), ("critic", 2)):
+        directory = tmp_path / "ckpt" / f"step_{STEPS:06d}" / role
+        assert written_ranks(str(directory)) == (2, stage)
+        files = set(os.listdir(directory / "engine")) | set(os.listdir(directory))
+        assert {"rng_rank0.pt", "rng_rank1.pt"} <= files
+        assert {f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for rank in (0, 1)} <= files

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # responsive to the non-stationary policy-gradient signal.
 ADAM_BETAS = (0.9, 0.95)
 CHECKPOINT_TAG = "engine"
+UNIVERSAL_TAG = "engine_universal"
 
 
 class TrainingEngine:
@@ -177,9 +178,15 @@ class TrainingEngine:
     def save(self, directory: str) -> None:
         self.engine.save_checkpoint(directory, tag=CHECKPOINT_TAG)
 
-    def load(self, directory: str) -> None:
+    def load(self, directory: str, universal: bool = False) -> None:
+        """Read back this rank's states; `universal`: from the universal form of a checkpoint
+        written by another number of ranks (UNIVERSAL_TAG, made by `checkpoint_ranks`)."""
+        tag = UNIVERSAL_TAG if universal else CHECKPOINT_TAG
+        # DeepSpeed reads this switch from its config when loading (no other way to set it after
+        # initialize); a universal load repartitions every state for this run's ranks.
+        self.engine._config.load_universal_checkpoint = universal
         path, _ = self.engine.load_checkpoint(
-            directory, tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+            directory, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/{CHECKPOINT_TAG}")
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/{tag}")

@@ -197,8 +197,8 @@ class StageRole:
         if self.dist.rank == 0:
             save_ranks(directory, self.dist.world_size, self.engine.zero_stage)
 
-    def load_checkpoint(self, directory: str) -> None:
-        self.engine.load(directory)
+    def load_checkpoint(self, directory: str, universal: bool = False) -> None:
+        self.engine.load(directory, universal)
         load_rng(directory, self.dist.rank)
 
     def export_hf(self, directory: str) -> None:
