@@ -290,3 +290,26 @@ def test_ppo_with_two_rank_actor_and_critic_learns_the_demo_task(
         files = set(os.listdir(directory / "engine")) | set(os.listdir(directory))
         assert {"rng_rank0.pt", "rng_rank1.pt"} <= files
         assert {f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for rank in (0, 1)} <= files
+    check_critic_on_one_rank(spec, tmp_path / "ckpt" / f"step_{STEPS:06d}")
+
+
+def check_critic_on_one_rank(spec_doc: dict, checkpoint: Path) -> None:
+    """The 2-rank ZeRO-2 critic read back by one rank through the universal form holds the weights
+    DeepSpeed's own zero_to_fp32 assembles from the two partitions."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from rlhf_trainer.api.validation import validate_manifest
+    from rlhf_trainer.checkpoint_ranks import needs_universal
+    from rlhf_trainer.engine.device import DistributedContext
+    from rlhf_trainer.roles.critic import CriticRole
+
+    doc = {"apiVersion": "rlhf.io/v1alpha1", "kind": "RLHFJob", "metadata": {"name": "c"}, "spec": spec_doc}
+    job, errors = validate_manifest(doc)
+    assert not errors, errors
+    critic = CriticRole(job.spec, DistributedContext())
+    assert needs_universal(str(checkpoint), "critic", 1)
+    critic.load_checkpoint(str(checkpoint / "critic"), universal=True)
+    loaded = critic.engine.full_state_dict(to_cpu=True)
+    expected = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint / "critic"), tag="engine")
+    assert expected.keys() <= loaded.keys()
+    assert all(torch.equal(loaded[name], expected[name]) for name in expected)

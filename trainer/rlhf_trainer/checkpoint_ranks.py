@@ -103,7 +103,9 @@ def convert_to_universal(directory: str) -> None:
         num_merge_workers=1,
         keep_temp_folder=False,
         strict=True,
-        inject_missing_state=False,
+        # ZeRO 1-2 states carry no tensor/pipeline-parallel layout (none is used here): the
+        # converter is told so rather than refusing them.
+        inject_missing_state=True,
     )
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # the converter narrates every phase on stdout
