@@ -8,7 +8,8 @@ in another order, and Adam's g / (|g| + eps) turns that rounding in near-zero gr
 differences of up to 3e-5. The 2-rank ZeRO-3 actor's HF export holds
 exactly its gathered parameters and loads with from_pretrained. A 2-rank ZeRO-3 run that crashes
 and resumes ends bit-identical to an uninterrupted one, and its checkpoint resumes on one rank
-through DeepSpeed's universal checkpoint with the same weights and schedule. A PPO job with a
+through DeepSpeed's universal checkpoint with the same weights and schedule (and the 1-rank
+checkpoint that resume writes resumes on 2 ranks again). A PPO job with a
 2-rank actor and a 2-rank critic learns the demo task.
 """
 
@@ -215,6 +216,13 @@ def test_two_rank_resume_after_a_crash_reproduces_the_uninterrupted_run(
     assert [r["step"] for r in metrics(tmp_path / "one-rank-out")] == [3]
     assert (step2 / "actor" / "engine_universal" / "CONVERTED").is_file()
     check_universal_load(demo_assets, step2)
+
+    # And back: the 1-rank checkpoint of step 3 resumes on 2 ranks for a fourth step.
+    two_ranks = resumable(demo_assets, tmp_path / "two-ranks")
+    two_ranks["spec"]["training"]["maxSteps"] = 4
+    two_ranks["spec"]["checkpoint"]["resume"] = str(tmp_path / "one-rank" / "step_000003")
+    assert run(two_ranks, tmp_path / "two-ranks-out", backend="ray") == 0
+    assert [r["step"] for r in metrics(tmp_path / "two-ranks-out")] == [4]
 
 
 def check_universal_load(demo_assets: dict, checkpoint: Path) -> None:
