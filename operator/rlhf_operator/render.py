@@ -267,7 +267,8 @@ def _worker_group(job: RLHFJob, options: RenderOptions, group: WorkerGroup) -> d
     start_params = {"metrics-export-port": str(naming.RAY_METRICS_PORT)}
     if group.name == CPU_GROUP:  # one CPU rank per pod: no GPU, one unit of the rank resource
         gpu_resources = resources
-        start_params["resources"] = json.dumps(json.dumps({CPU_RANK_RESOURCE: 1}))
+        # Single-quoted JSON: KubeRay parses it (trimming the quotes) and passes it to a shell.
+        start_params["resources"] = f"'{json.dumps({CPU_RANK_RESOURCE: 1})}'"
     else:
         requests = {**resources.get("requests", {}), GPU_RESOURCE: group.gpus_per_pod}
         limits = {**resources.get("limits", {}), GPU_RESOURCE: group.gpus_per_pod}

@@ -876,7 +876,9 @@ class WorkerSpec(ApiModel):
         default=8, ge=1, le=64, description="GPUs per worker pod (usually GPUs per node)."
     )
     resources: ResourceRequirements = Field(
-        default_factory=ResourceRequirements, description="CPU/memory of each worker pod (GPUs are derived)."
+        default_factory=ResourceRequirements,
+        description="CPU/memory of each worker pod (GPUs are derived), and of each pod of one CPU rank "
+        "(cpuRanks > 1).",
     )
 
 
