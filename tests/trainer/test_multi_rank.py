@@ -321,3 +321,33 @@ def check_critic_on_one_rank(spec_doc: dict, checkpoint: Path) -> None:
     expected = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint / "critic"), tag="engine")
     assert expected.keys() <= loaded.keys()
     assert all(torch.equal(loaded[name], expected[name]) for name in expected)
+
+
+def test_an_sft_stage_on_two_zero3_ranks_evaluates_uneven_shares(
+    demo_assets: dict, ray_cluster: None, tmp_path: Path
+) -> None:
+    """An offline stage on 2 ZeRO-3 ranks: 3 held-out examples in micro batches of 1 give one rank
+    2 evaluation passes and the other 1 (it runs a second on a stand-in, so both make the same
+    gathers); training goes on after each evaluation and both ranks write the checkpoint."""
+    from rlhf_trainer.demo.stages import build_stage_data
+
+    from .stage_helpers import stage_manifest
+
+    data = build_stage_data(str(tmp_path / "stage-data"))
+    doc = stage_manifest(
+        "sft",
+        demo_assets["model"],
+        data,
+        {
+            "models": {"actor": {"zeroStage": 3, "cpuRanks": 2}},
+            "data": {"eval": {"maxSamples": 3}},
+            "training": {"trainBatchSize": 4, "microBatchSize": 1, "maxSteps": 2, "evalEverySteps": 1},
+        },
+    )
+    doc["spec"]["checkpoint"] = {"path": str(tmp_path / "ckpt"), "everySteps": 2, "resume": "never"}
+    assert run(doc, tmp_path / "out", backend="ray") == 0
+    rows = metrics(tmp_path / "out")
+    assert [r["step"] for r in rows] == [1, 2] and all("eval/sft/loss" in r for r in rows)
+    from rlhf_trainer.checkpoint_ranks import written_ranks
+
+    assert written_ranks(str(tmp_path / "ckpt" / "step_000002" / "actor")) == (2, 3)
