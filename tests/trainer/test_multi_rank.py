@@ -10,7 +10,7 @@ exactly its gathered parameters and loads with from_pretrained. A 2-rank ZeRO-3 
 and resumes ends bit-identical to an uninterrupted one, and its checkpoint resumes on one rank
 through DeepSpeed's universal checkpoint with the same weights and schedule (and the 1-rank
 checkpoint that resume writes resumes on 2 ranks again). A PPO job with a
-2-rank actor and a 2-rank critic learns the demo task.
+2-rank actor and a 2-rank critic learns the demo task; an SFT stage runs on 2 ZeRO-3 ranks.
 """
 
 from __future__ import annotations
