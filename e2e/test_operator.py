@@ -814,3 +814,105 @@ def test_kuberay_makes_a_raycluster_requesting_the_jobs_gpus(
     assert "nvidia.com/gpu" not in json.dumps(head["containers"][0].get("resources", {}))
     job = api.wait_phase(namespace, "ppo", "Initializing", timeout=60)
     assert job["status"]["rayJob"]["rayClusterName"] == cluster["metadata"]["name"]
+
+
+@pytest.mark.parametrize("cause", ["unschedulable", "image-pull", "admission"])
+def test_stuck_pods(shared_operator, api, kubectl, kubeconfig, job_namespace, cause):
+    """Pods that cannot start are reported (StartupBlocked, an event) and fail the job at its
+    pre-running deadline. (A short name: the namespace is named after the test and its cause.)"""
+    from startup_scenario import EXPECTED_REASON, run_startup_scenario
+
+    namespace = job_namespace
+    kubectl.apply(example("grpo-qwen2.5-7b-math", "stuck", preRunningDeadlineSeconds=15), namespace=namespace)
+    client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+    final = run_startup_scenario(client, namespace, "stuck", cause, condition_timeout=60, deadline_timeout=60)
+    print(f"[startup] {cause}: StartupBlocked after {final['status']['seconds_to_condition']} s")
+    reasons = [e["reason"] for e in kubectl.json("get", "events", namespace=namespace)["items"]]
+    assert EXPECTED_REASON[cause] in reasons and "Failed" in reasons, reasons
+    assert reasons.count(EXPECTED_REASON[cause]) == 1, reasons  # once, not on every reconcile
+
+
+def test_kuberay_pods_carry_the_jobs_labels_and_a_stuck_job_loses_its_cluster_at_the_deadline(
+    kuberay_operator, operators, api, kubectl, kubeconfig, namespace
+):
+    """With the real KubeRay: its head pod carries rlhf.io/job (so the operator finds it), the
+    scheduler's Unschedulable status on it becomes StartupBlocked, and at the pre-running deadline
+    the suspended RayJob makes KubeRay delete the Ray cluster."""
+    from startup_scenario import pod_status
+
+    operators.start(namespace, managed_by=None)
+    kubectl.apply(
+        # No deadline until the cause is reported (KubeRay may take a while to make the pod here);
+        # then a short one, applied in place.
+        example("grpo-qwen2.5-7b-math", "kr-stuck", preRunningDeadlineSeconds=0),
+        namespace=namespace,
+    )
+    core = k8s_client.CoreV1Api(k8s_config.new_client_from_config(config_file=str(kubeconfig)))
+    selector = "rlhf.io/job=kr-stuck,rlhf.io/attempt=0,rlhf.io/role=head"
+
+    def head_pod() -> Any:
+        items = core.list_namespaced_pod(namespace, label_selector=selector).items
+        return items[0] if items else None
+
+    pod = eventually(head_pod, 90, "KubeRay to create the head pod", interval=0.5)
+    core.patch_namespaced_pod_status(
+        pod.metadata.name, namespace, {"status": pod_status("unschedulable", pod.spec.containers[0].image)}
+    )
+
+    def blocked() -> dict[str, Any] | None:
+        job = api.job(namespace, "kr-stuck")
+        conds = {c["type"]: c for c in (job.get("status") or {}).get("conditions") or []}
+        cond = conds.get("StartupBlocked")
+        return cond if cond and cond["reason"] == "Unschedulable" else None
+
+    cond = eventually(blocked, 30, "StartupBlocked=Unschedulable", interval=0.5)
+    assert pod.metadata.name in cond["message"] and "Insufficient nvidia.com/gpu" in cond["message"]
+    assert api.phase(namespace, "kr-stuck") == "Initializing"
+    api.patch_job(namespace, "kr-stuck", {"spec": {"preRunningDeadlineSeconds": 5}})
+    job = api.wait_phase(namespace, "kr-stuck", "Failed", timeout=60)
+    assert condition(job, "Failed")["reason"] == "PreRunningDeadlineExceeded"
+
+    def cluster_gone() -> bool:
+        deployment = (api.rayjob(namespace, "kr-stuck-a0").get("status") or {}).get("jobDeploymentStatus")
+        clusters = kubectl.json("get", "rayclusters.ray.io", namespace=namespace)["items"]
+        return deployment == "Suspended" and not clusters
+
+    eventually(cluster_gone, 90, "KubeRay to suspend the RayJob and delete its RayCluster", interval=0.5)
+
+
+def test_kuberay_pods_refused_by_a_gpu_quota_are_reported(
+    kuberay_operator, operators, api, kubectl, namespace
+):
+    """A ResourceQuota (real admission) refuses the GPU worker pods KubeRay creates: KubeRay's
+    Warning event becomes StartupBlocked=AdmissionRefused with the server's message."""
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "no-gpus"},
+            "spec": {"hard": {"requests.nvidia.com/gpu": "0"}},
+        },
+        namespace=namespace,
+    )
+    eventually(
+        lambda: (
+            kubectl.json("get", "resourcequota", "no-gpus", namespace=namespace).get("status", {}).get("hard")
+        ),
+        30,
+        "the quota controller to fill in the quota's status",
+        interval=0.5,
+    )
+    operators.start(namespace, managed_by=None)
+    kubectl.apply(example("grpo-qwen2.5-7b-math", "kr-quota"), namespace=namespace)
+
+    def refused() -> dict[str, Any] | None:
+        conds = {
+            c["type"]: c for c in (api.job(namespace, "kr-quota").get("status") or {}).get("conditions") or []
+        }
+        cond = conds.get("StartupBlocked")
+        return cond if cond and cond["reason"] == "AdmissionRefused" else None
+
+    cond = eventually(refused, 90, "StartupBlocked=AdmissionRefused", interval=0.5)
+    assert "exceeded quota: no-gpus" in cond["message"], cond
+    reasons = [e["reason"] for e in kubectl.json("get", "events", namespace=namespace)["items"]]
+    assert "AdmissionRefused" in reasons, reasons

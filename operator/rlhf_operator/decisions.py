@@ -148,8 +148,12 @@ def plan_reconcile(
     now: datetime,
     read_recorded: Callable[[], dict[str, Any] | None] | None = None,
     cache: RenderCache | None = None,
+    observed: tuple[st.Cond, ...] = (),
 ) -> Plan:
     """One reconcile of the RLHFJob `body`, given the RayJobs labelled with its name.
+
+    `observed`: conditions seen outside the RayJob (StartupBlocked, from the job's pods; see
+    startup.py), listed after the operator's own.
 
     `read_recorded` returns the spec the job's RayJob was rendered from (the trainer ConfigMap's);
     it is called only when the spec's digest differs from the RayJob's.
@@ -160,7 +164,7 @@ def plan_reconcile(
         return Plan(phase=previous["phase"])
     name, uid, generation = metadata.get("name", ""), metadata.get("uid"), metadata.get("generation")
 
-    by_attempt = _rayjobs_by_attempt(rayjobs, name, uid)
+    by_attempt = rayjobs_by_attempt(rayjobs, name, uid)
     attempt = max([previous.get("attempt") or 0, *by_attempt])
     current = by_attempt.get(attempt)
     basis = current if current is not None else by_attempt.get(attempt - 1)
@@ -182,7 +186,8 @@ def plan_reconcile(
     if job is None:
         return fail(status, "InvalidSpec", "; ".join(str(e) for e in errors))
     effective, refused = effective_spec(job.spec, recorded) if not invalid_edit else (job.spec, [])
-    status = dataclasses.replace(status, extra=st.refusal_conditions(previous, refused, invalid_edit))
+    extra = st.refusal_conditions(previous, refused, invalid_edit) + observed
+    status = dataclasses.replace(status, extra=extra)
     ctx = Reconcile(
         name=name,
         uid=uid,
@@ -210,7 +215,7 @@ def _follow(ctx: Reconcile) -> Plan:
         phase = "Retrying" if ctx.attempt > 0 else "Pending"
         ref = st.rayjob_ref(None, rayjob["metadata"]["name"])
         desired = st.live_status(ctx.status, phase, ref, st.attempt_state("", ""), spec.suspend)
-        return _finish(plan, ctx.previous, desired, phase, f"created RayJob {ref['name']}")
+        return finish(plan, ctx.previous, desired, phase, f"created RayJob {ref['name']}")
 
     plan = Plan(patch_rayjob=_in_place_patch(current, spec))
     if _resumes_from_suspend(current, spec):
@@ -226,13 +231,13 @@ def _follow(ctx: Reconcile) -> Plan:
 
     if state.outcome == "succeeded":
         desired = st.ended_status(ctx.status, "Succeeded", ref, state, rs)
-        return _finish(plan, ctx.previous, desired, "Succeeded", f"RayJob {ref['name']} succeeded")
+        return finish(plan, ctx.previous, desired, "Succeeded", f"RayJob {ref['name']} succeeded")
     if state.outcome == "failed":
         state = with_trainer_failure(state, ctx.previous.get("failure"), ctx.attempt)
         if backoff_allows(ctx.attempt, spec.backoff_limit, state.retryable):
             return _restart(ctx, state)
         desired = st.ended_status(ctx.status, "Failed", ref, state, rs)
-        return _finish(plan, ctx.previous, desired, "Failed", f"{state.reason}: {state.message}")
+        return finish(plan, ctx.previous, desired, "Failed", f"{state.reason}: {state.message}")
 
     phase = state.phase or ctx.previous.get("phase") or "Pending"
     if ctx.attempt > 0 and phase in ("Pending", "Initializing"):
@@ -241,7 +246,7 @@ def _follow(ctx: Reconcile) -> Plan:
     if phase == "Running" and not ctx.previous.get("startTime"):
         start = ((rs.get("rayJobInfo") or {}).get("startTime")) or ctx.status.clock
     desired = st.live_status(ctx.status, phase, ref, state, spec.suspend, start_time=start)
-    return _finish(plan, ctx.previous, desired, phase, state.training.message)
+    return finish(plan, ctx.previous, desired, phase, state.training.message)
 
 
 def with_trainer_failure(state: st.AttemptState, failure: Any, attempt: int) -> st.AttemptState:
@@ -284,8 +289,12 @@ def effective_spec(current: RLHFJobSpec, recorded: dict[str, Any] | None) -> tup
         effective = RLHFJobSpec.model_validate(merged)
     except ValueError:
         return current, []  # an unreadable record (edited by hand): run what the user asks
+    # Against the record read through the model: a field an older operator recorded without (one
+    # with a default added since) is not an edit.
     refused = [
-        path for path in diff_paths(recorded, wanted, "spec") if path.split(".")[1] not in naming.IN_PLACE
+        path
+        for path in diff_paths(effective.to_wire(), wanted, "spec")
+        if path.split(".")[1] not in naming.IN_PLACE
     ]
     return effective, refused
 
@@ -309,7 +318,7 @@ def fail(status: st.StatusContext, reason: str, message: str) -> Plan:
     """The job cannot run and no retry can fix it: Failed, one Warning event, kopf stops retrying."""
     message = clean_message(message)
     desired = st.failed_status(status, reason, message)
-    plan = _finish(Plan(), status.previous, desired, "Failed", f"{reason}: {message}")
+    plan = finish(Plan(), status.previous, desired, "Failed", f"{reason}: {message}")
     plan.failed_permanently = f"{reason}: {message}"
     return plan
 
@@ -338,7 +347,7 @@ def _restart(ctx: Reconcile, state: st.AttemptState) -> Plan:
     )
     desired = st.retrying_status(dataclasses.replace(ctx.status, attempt=following), {"name": name}, message)
     plan = Plan(children=children, create_rayjob=rayjob)
-    return _finish(plan, ctx.previous, desired, "Retrying", desired["message"])
+    return finish(plan, ctx.previous, desired, "Retrying", desired["message"])
 
 
 def _options(settings: Settings, attempt: int, resume_from: str | None) -> render.RenderOptions:
@@ -351,7 +360,7 @@ def _options(settings: Settings, attempt: int, resume_from: str | None) -> rende
     )
 
 
-def _rayjobs_by_attempt(
+def rayjobs_by_attempt(
     rayjobs: list[dict[str, Any]], name: str, uid: str | None
 ) -> dict[int, dict[str, Any]]:
     """This job's RayJobs by attempt: named for it and controlled by it (a RayJob that only carries
@@ -393,7 +402,7 @@ def _resumes_from_suspend(rayjob: dict[str, Any], effective: RLHFJobSpec) -> boo
     return bool((rayjob.get("spec") or {}).get("suspend")) and not effective.suspend
 
 
-def _finish(plan: Plan, previous: dict[str, Any], desired: dict[str, Any], phase: str, message: str) -> Plan:
+def finish(plan: Plan, previous: dict[str, Any], desired: dict[str, Any], phase: str, message: str) -> Plan:
     plan.status = st.status_patch(previous, desired)
     plan.phase = phase
     if previous.get("phase") != phase:

@@ -4,6 +4,8 @@
   marked Failed by the reconciler and kopf stops retrying it (PermanentError).
 - RLHFJob events: mirror the status into the metrics; on deletion, drop the job's series.
 - RayJob events (ray.io/v1 rayjobs labelled rlhf.io/job): re-derive the owner's status.
+- Pod events (pods labelled rlhf.io/job) of a pod that cannot start: re-derive the owner's status
+  (its StartupBlocked condition, see startup.py).
 - A resync loop re-derives every job every RLHF_OPERATOR_RESYNC_SECONDS, the safety net for a
   missed event. It is an operator-wide task rather than a kopf timer because kopf puts a finalizer
   on every object that has a timer, and a finalizer would block deleting a job while the operator
@@ -25,7 +27,7 @@ from kubernetes.client.rest import ApiException
 from rlhf_trainer.api.job import GROUP, PLURAL, VERSION
 from rlhf_trainer.api.status import TERMINAL_PHASES
 
-from . import naming
+from . import naming, startup
 
 RETRY_BACKOFF_SECONDS = 5.0
 
@@ -63,6 +65,19 @@ async def rayjob_event(body: kopf.Body, namespace: str, memo: kopf.Memo, logger:
     try:
         await memo.reconciler.reconcile(namespace, job, handler="rayjob")
     except ApiException as exc:  # counted in the metrics; the resync loop comes back to it
+        logger.warning(f"reconcile of RLHFJob {namespace}/{job} failed: {exc.status} {exc.reason}")
+
+
+@kopf.on.event("", "v1", "pods", labels={naming.LABEL_JOB: kopf.PRESENT})
+async def pod_event(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    """A job's pod that cannot start (unschedulable, image pull, crash loop): re-derive the job, so
+    its StartupBlocked condition appears within a pod update, not a resync period."""
+    if startup.pod_problem(dict(body)) is None:
+        return
+    job = body.metadata.labels[naming.LABEL_JOB]
+    try:
+        await memo.reconciler.reconcile(namespace, job, handler="pod")
+    except ApiException as exc:
         logger.warning(f"reconcile of RLHFJob {namespace}/{job} failed: {exc.status} {exc.reason}")
 
 

@@ -45,6 +45,7 @@ COLLECTIONS = {
     ("v1", "Secret"): ("/api/v1", "secrets"),
     ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
     ("v1", "Event"): ("/api/v1", "events"),
+    ("v1", "Pod"): ("/api/v1", "pods"),
     ("rbac.authorization.k8s.io/v1", "Role"): ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     (naming.RAY_API_VERSION, "RayJob"): (f"/apis/{naming.RAY_API_VERSION}", naming.RAYJOB_PLURAL),
@@ -204,6 +205,20 @@ class Kube:
     def list_rayjobs(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
         path = self.collection(naming.RAY_API_VERSION, "RayJob", namespace)
         return self.request("get", path, label_selector=f"{naming.LABEL_JOB}={job_name}").get("items", [])
+
+    def list_pods(self, namespace: str, job_name: str, attempt: int) -> list[dict[str, Any]]:
+        """The pods of one attempt of a job (head, workers, submitter: all carry both labels)."""
+        selector = f"{naming.LABEL_JOB}={job_name},{naming.LABEL_ATTEMPT}={attempt}"
+        return self.request("get", self.collection("v1", "Pod", namespace), label_selector=selector).get(
+            "items", []
+        )
+
+    def list_events(self, namespace: str, involved_name: str) -> list[dict[str, Any]]:
+        """Warning events about objects named `involved_name` (a RayJob and its submitter Job share
+        a name; a RayCluster has its own)."""
+        selector = f"involvedObject.name={involved_name},type=Warning"
+        path = self.collection("v1", "Event", namespace)
+        return self.request("get", path, field_selector=selector).get("items", [])
 
     def ensure_child(self, obj: dict[str, Any], uid: str | None) -> bool:
         """Create `obj`, or bring the object of its name to it when it is this job's (controller

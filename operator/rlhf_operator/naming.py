@@ -19,8 +19,15 @@ LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 # an edit is noticed by comparing digests; the spec itself is read back from the trainer ConfigMap
 # only then (a whole spec in an annotation would cap specs at the 256 KiB annotation limit).
 ANNOTATION_SPEC_DIGEST = "rlhf.io/spec-sha256"
-# Spec fields (wire names) that apply to a live RayJob; backoffLimit is the operator's own.
-IN_PLACE = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "backoffLimit")
+# Spec fields (wire names) that apply to a live RayJob; backoffLimit and preRunningDeadlineSeconds
+# are the operator's own.
+IN_PLACE = (
+    "suspend",
+    "activeDeadlineSeconds",
+    "ttlSecondsAfterFinished",
+    "backoffLimit",
+    "preRunningDeadlineSeconds",
+)
 
 RAY_GROUP = "ray.io"
 RAY_VERSION = "v1"

@@ -24,7 +24,9 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from . import decisions, naming
+from rlhf_trainer.api.status import TERMINAL_PHASES
+
+from . import decisions, naming, startup
 from .kube import Kube, NotOwnedError, namespace_terminating, refusal
 from .metrics import OperatorMetrics
 
@@ -73,9 +75,22 @@ class Reconciler:
             config_map = self.kube.get_owned("v1", "ConfigMap", namespace, naming.config_map_name(name), uid)
             return decisions.recorded_spec(config_map)
 
+        now = datetime.now(UTC)
+        previous = body.get("status") or {}
+        current, problem = self._observe_startup(body, rayjobs)
         plan = decisions.plan_reconcile(
-            body, rayjobs, self.settings, datetime.now(UTC), read_recorded=read_recorded, cache=self.cache
+            body,
+            rayjobs,
+            self.settings,
+            now,
+            read_recorded=read_recorded,
+            cache=self.cache,
+            observed=startup.startup_conditions(previous, problem) if current is not None else (),
         )
+        if current is not None and startup.deadline_exceeded(body, current, plan.phase, now):
+            plan = startup.deadline_plan(body, current, problem, now)
+        elif current is not None:
+            plan.events += startup.problem_events(previous, problem)
         try:
             updated, plan = self.apply(body, plan)
         except ApiException as exc:
@@ -85,6 +100,28 @@ class Reconciler:
             return None
         self.metrics.observe_job(updated)
         return plan
+
+    def _observe_startup(
+        self, body: dict[str, Any], rayjobs: list[dict[str, Any]]
+    ) -> tuple[dict[str, Any] | None, startup.Problem | None]:
+        """The current attempt's RayJob (None when the job has ended or has none yet) and what
+        keeps its pods from starting (see startup.py)."""
+        meta, previous = body["metadata"], body.get("status") or {}
+        if previous.get("phase") in TERMINAL_PHASES:
+            return None, None
+        by_attempt = decisions.rayjobs_by_attempt(rayjobs, meta["name"], meta.get("uid"))
+        attempt = max([previous.get("attempt") or 0, *by_attempt])
+        current = by_attempt.get(attempt)
+        if current is None:
+            return None, None
+        namespace = meta["namespace"]
+        pods = self.kube.list_pods(namespace, meta["name"], attempt)
+        events: list[dict[str, Any]] = []
+        if previous.get("phase") in (None, *startup.STARTING_PHASES):
+            names = {current["metadata"]["name"], (current.get("status") or {}).get("rayClusterName")}
+            for involved in sorted(n for n in names if n):
+                events += self.kube.list_events(namespace, involved)
+        return current, startup.find_problem(pods, events)
 
     def apply(self, body: dict[str, Any], plan: decisions.Plan) -> tuple[dict[str, Any], decisions.Plan]:
         """Carry out a plan; returns the job as last written and the plan that was applied (a

@@ -27,7 +27,7 @@ import yaml
 
 from rlhf_trainer.api.job import GROUP, PLURAL, RLHFJob, TrainerConfig
 from rlhf_trainer.api.layout import CPU_RANK_PODS_ENV, CPU_RANK_RESOURCE
-from rlhf_trainer.api.spec import RLHFJobSpec, reward_auth_env
+from rlhf_trainer.api.spec import RLHFJobSpec, hub_ids, reward_auth_env
 
 from . import naming
 from .errors import RenderError
@@ -48,6 +48,7 @@ DEFAULT_OUTPUT_DIR = "/tmp/rlhf-output"
 SHM_VOLUME = "dshm"
 CHECKPOINT_VOLUME = "checkpoints"
 CONFIG_VOLUME = "trainer-config"
+MODEL_CACHE_VOLUME = "model-cache"
 GPU_RESOURCE = "nvidia.com/gpu"
 SECRET_ENV = {"hf_token": "HF_TOKEN"}
 JOB_ENV = ("RLHF_JOB_NAME", "RLHF_JOB_NAMESPACE")
@@ -303,6 +304,8 @@ def _container(
     mounts = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
     if spec.checkpoint is not None and spec.checkpoint.volume is not None:
         mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path})
+    if spec.model_cache is not None:
+        mounts.append({"name": MODEL_CACHE_VOLUME, "mountPath": spec.model_cache.path})
     mounts += [mount.to_wire() for mount in spec.template.volume_mounts]
     container["volumeMounts"] = mounts
     container["securityContext"] = dict(CONTAINER_SECURITY_CONTEXT)
@@ -311,7 +314,9 @@ def _container(
 
 def _common_env(spec: RLHFJobSpec) -> list[dict[str, Any]]:
     env = [var.to_wire() for var in spec.template.env]
-    for field, env_name in SECRET_ENV.items():
+    if spec.model_cache is not None:
+        env.append({"name": "HF_HOME", "value": spec.model_cache.path})
+    for field, env_name in _secret_env(spec).items():
         ref = getattr(spec.secrets, field)
         if ref is not None:
             env.append({"name": env_name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
@@ -328,10 +333,19 @@ def _common_env(spec: RLHFJobSpec) -> list[dict[str, Any]]:
     return env
 
 
+def _secret_env(spec: RLHFJobSpec) -> dict[str, str]:
+    """The Secret-backed env the pods get: the HF token only when the job names a hub id, so a
+    job of paths starts without the Secret (a missing one would keep every pod from starting)."""
+    return SECRET_ENV if hub_ids(spec) else {}
+
+
 def _common_volumes(spec: RLHFJobSpec) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}}]
     if spec.checkpoint is not None and spec.checkpoint.volume is not None:
         volumes.append({"name": CHECKPOINT_VOLUME, **spec.checkpoint.volume.to_wire()})
+    if spec.model_cache is not None:
+        claim = {"claimName": spec.model_cache.claim_name}
+        volumes.append({"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": claim})
     # The volume's name first, as people write them.
     volumes += [{"name": volume.name, **volume.to_wire()} for volume in spec.template.volumes]
     return volumes
@@ -385,7 +399,7 @@ def _metadata(job: RLHFJob, options: RenderOptions, name: str) -> dict[str, Any]
 
 def _check_template(spec: RLHFJobSpec) -> None:
     """Overrides must not collide with what the operator sets itself."""
-    reserved_volumes = {SHM_VOLUME, CHECKPOINT_VOLUME, CONFIG_VOLUME}
+    reserved_volumes = {SHM_VOLUME, CHECKPOINT_VOLUME, CONFIG_VOLUME, MODEL_CACHE_VOLUME}
     for index, volume in enumerate(spec.template.volumes):
         if volume.name in reserved_volumes:
             raise RenderError(
@@ -396,6 +410,11 @@ def _check_template(spec: RLHFJobSpec) -> None:
         reserved_paths[spec.checkpoint.path.rstrip("/") or "/"] = (
             "the checkpoint volume (spec.checkpoint.path)"
         )
+    if spec.model_cache is not None:
+        cache = spec.model_cache.path.rstrip("/") or "/"
+        if cache in reserved_paths:
+            raise RenderError("spec.modelCache.path", f"{cache} is already used by {reserved_paths[cache]}")
+        reserved_paths[cache] = "the model cache (spec.modelCache.path)"
     for index, mount in enumerate(spec.template.volume_mounts):
         path = mount.mount_path.rstrip("/") or "/"
         if path in reserved_paths:
@@ -404,6 +423,8 @@ def _check_template(spec: RLHFJobSpec) -> None:
                 f"{path} is already used by {reserved_paths[path]}",
             )
     reserved_env = set(JOB_ENV) | {name for field, name in SECRET_ENV.items() if getattr(spec.secrets, field)}
+    if spec.model_cache is not None:
+        reserved_env.add("HF_HOME")
     reserved_env |= {reward_auth_env(i) for i, source in enumerate(spec.models.reward) if source.auth}
     for index, var in enumerate(spec.template.env):
         if var.name in reserved_env:

@@ -20,6 +20,7 @@ from typing import Any
 from rlhf_trainer.api.status import OPERATOR_FIELDS, RLHFJobStatus
 
 from .messages import REASON_LIMIT, clean_message
+from .naming import IN_PLACE
 
 CLUSTER_READY = "RayClusterReady"
 RUNNING = "Running"
@@ -309,7 +310,10 @@ def refusal_conditions(previous: dict[str, Any], refused: list[str], invalid: li
     if refused:
         message = (
             f"{', '.join(refused)}: cannot change while the job has a RayJob; the job keeps running "
-            "with its previous spec. Revert the change, or delete and recreate the job."
+            f"with its previous spec. Only these fields apply in place: {', '.join(IN_PLACE)}. "
+            "Revert the change, or delete the "
+            "job and apply it again (with checkpoint.resume: auto the new job continues from the latest "
+            "checkpoint on the checkpoint volume); see docs/editing.md."
         )
         return (Cond(SPEC_CHANGE_REFUSED, "True", "NotInPlace", message),)
     if any(cond.get("type") == SPEC_CHANGE_REFUSED for cond in previous.get("conditions") or []):

@@ -43,7 +43,10 @@ EXPECTED_JOB_RULES = {
     "rbac.authorization.k8s.io/roles": {"get", "create", "patch"},
     "rbac.authorization.k8s.io/rolebindings": {"get", "create", "patch"},
     "networking.k8s.io/networkpolicies": {"get", "create", "patch"},
-    "/events": {"create"},
+    "/events": {"create", "list"},
+    # list: the Warning events of a job's RayJob and RayCluster; pods: a job's pods that cannot
+    # start (operator/rlhf_operator/startup.py).
+    "/pods": {"get", "list", "watch"},
 }
 CLUSTER_READS = {
     "/namespaces": {"get", "list", "watch"},

@@ -256,6 +256,8 @@ def test_a_spec_edit_that_cannot_apply_in_place_is_refused_and_the_rayjob_left_a
     assert result.create_rayjob is None and result.patch_rayjob is None and result.children == []
     refused = cond(result, "SpecChangeRefused")
     assert (refused["status"], refused["reason"]) == ("True", "NotInPlace")
+    assert "Only these fields apply in place: suspend, activeDeadlineSeconds" in refused["message"]
+    assert "delete the job and apply it again" in refused["message"]
     assert refused["message"].startswith("spec.models.actor.model, spec.training.maxSteps: cannot change")
     assert result.status["observedGeneration"] == 2
     assert ("Warning", "SpecChangeRefused") in [(e.type, e.reason) for e in result.events]
@@ -267,6 +269,20 @@ def test_a_spec_edit_that_cannot_apply_in_place_is_refused_and_the_rayjob_left_a
         "False",
         "SpecMatches",
     )
+
+
+def test_a_spec_recorded_before_a_field_with_a_default_existed_is_not_an_edit():
+    body = job_body()
+    first = plan(body)
+    rayjob = with_status(first.create_rayjob, jobStatus="RUNNING", jobDeploymentStatus="Running")
+    rayjob["metadata"]["annotations"]["rlhf.io/spec-sha256"] = "recorded-by-an-older-operator"
+    config = yaml.safe_load(first.config_map["data"]["trainer.yaml"])
+    del config["spec"]["data"]["prompts"]["invalidRows"]  # added with a default since
+    older = copy.deepcopy(first)
+    older.config_map["data"]["trainer.yaml"] = yaml.safe_dump(config)
+    result = plan(applied(body, first), [rayjob], recorded=older)
+    assert result.recorded_reads == 1
+    assert "SpecChangeRefused" not in [c["type"] for c in result.status.get("conditions", [])]
 
 
 def test_suspend_applies_in_place_to_the_rayjob():

@@ -208,7 +208,10 @@ def test_nfs_checkpoint_volume_mounts_at_the_checkpoint_path():
 def test_secrets_are_passed_by_reference_on_every_container_and_never_by_value():
     doc = with_spec(
         "grpo-qwen2.5-7b-math",
-        {"secrets": {"hfToken": {"name": "hf", "key": "token"}}},
+        {
+            "secrets": {"hfToken": {"name": "hf", "key": "token"}},
+            "models.actor.model": "Qwen/Qwen2.5-7B-Instruct",
+        },
     )
     objects = render(job_from(doc))
     rayjob = by_kind(objects)["RayJob"]
@@ -220,6 +223,43 @@ def test_secrets_are_passed_by_reference_on_every_container_and_never_by_value()
         }
     config = yaml.safe_load(by_kind(objects)["ConfigMap"]["data"]["trainer.yaml"])
     assert config["spec"]["secrets"] == {"hfToken": {"name": "hf", "key": "token"}}
+
+
+def test_the_hf_token_secret_is_referenced_only_when_a_hub_id_is_used():
+    paths = with_spec("grpo-qwen2.5-7b-math", {"secrets": {"hfToken": {"name": "hf", "key": "token"}}})
+    for template in pods(by_kind(render(job_from(paths)))["RayJob"]):
+        assert "HF_TOKEN" not in env_of(
+            template
+        )  # every model is a path: a missing Secret cannot block the pods
+    hub_dataset = with_spec(
+        "grpo-qwen2.5-7b-math",
+        {"secrets": {"hfToken": {"name": "hf", "key": "token"}}, "data.prompts": {"dataset": "org/math"}},
+    )
+    for template in pods(by_kind(render(job_from(hub_dataset)))["RayJob"]):
+        assert env_of(template)["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+
+
+def test_a_model_cache_claim_is_mounted_on_every_pod_with_hf_home_set_to_it():
+    doc = with_spec(
+        "grpo-qwen2.5-7b-math",
+        {"modelCache": {"claimName": "hf-cache"}, "models.actor.model": "Qwen/Qwen2.5-0.5B-Instruct"},
+    )
+    rayjob = by_kind(render(job_from(doc)))["RayJob"]
+    for template in pods(rayjob):
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        assert volumes["model-cache"] == {
+            "name": "model-cache",
+            "persistentVolumeClaim": {"claimName": "hf-cache"},
+        }
+        mounts = {m["name"]: m["mountPath"] for m in container(template)["volumeMounts"]}
+        assert mounts["model-cache"] == "/cache/huggingface"
+        assert env_of(template)["HF_HOME"] == {"name": "HF_HOME", "value": "/cache/huggingface"}
+    clash = with_spec(
+        "grpo-qwen2.5-7b-math",
+        {"modelCache": {"claimName": "hf-cache"}, "template.env": [{"name": "HF_HOME", "value": "/x"}]},
+    )
+    with pytest.raises(RenderError, match=r"^spec\.template\.env\[0\]\.name: HF_HOME is set by the operator"):
+        render(job_from(clash))
 
 
 def test_pod_template_overrides_are_merged_into_every_pod():

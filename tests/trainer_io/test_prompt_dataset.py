@@ -158,3 +158,29 @@ def test_batches_wrap_past_an_epoch_larger_than_the_data(tmp_path: Path) -> None
     data = dataset(source(write_jsonl(tmp_path / "p.jsonl", ROWS[:3])), shuffle=False)
     assert [p.text for p in data.next_batch(7)] == ["q0", "q1", "q2", "q0", "q1", "q2", "q0"]
     assert data.state_dict()["epoch"] == 2
+
+
+def test_every_row_is_checked_at_load_and_the_first_bad_one_is_named(tmp_path: Path) -> None:
+    rows = [*ROWS[:5], {"question": "q5", "answer": None}, {"question": 7, "answer": "49"}, *ROWS[7:]]
+    data = dataset(source(write_jsonl(tmp_path / "p.jsonl", rows)))
+    with pytest.raises(DataConfigError) as err:
+        data.preflight()  # before the first step, not when row 5 is drawn
+    assert str(err.value) == (
+        "spec.data.prompts.labelKey: row 5 column 'answer' is empty "
+        "(2 of 10 rows are invalid; spec.data.prompts.invalidRows: skip drops them instead)"
+    )
+
+
+def test_invalid_rows_skip_drops_bad_rows_and_counts_them(tmp_path: Path, caplog) -> None:
+    rows = [*ROWS[:5], {"question": "q5", "answer": None}, {"question": 7, "answer": "49"}, *ROWS[7:]]
+    data = dataset(source(write_jsonl(tmp_path / "p.jsonl", rows), invalidRows="skip"), shuffle=False)
+    with caplog.at_level("WARNING"):
+        assert data.num_rows == 8
+    assert data.skipped_rows == 2
+    assert "skipped 2 of 10 rows" in caplog.text
+    assert [p.text for p in data.next_batch(8)] == [f"q{i}" for i in (0, 1, 2, 3, 4, 7, 8, 9)]
+    all_bad = dataset(
+        source(write_jsonl(tmp_path / "b.jsonl", [{"question": 1, "answer": "1"}]), invalidRows="skip")
+    )
+    with pytest.raises(DataConfigError, match=r"^spec\.data\.prompts: all 1 rows are invalid"):
+        all_bad.preflight()

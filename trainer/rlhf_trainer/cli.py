@@ -1,4 +1,4 @@
-"""The `rlhf` command: validate, crds, render, run, train, operator.
+"""The `rlhf` command: validate, crds, render, run, train, logs, operator.
 
 Each subcommand imports what it needs when it runs, so `rlhf validate` stays light (no torch).
 """
@@ -6,6 +6,7 @@ Each subcommand imports what it needs when it runs, so `rlhf validate` stays lig
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"{error}  [{where}]", file=sys.stderr)
             failed = failed or bool(errors)
             valid += not errors
+            if job is not None and job.kind == "RLHFJob" and not errors and not args.show_defaults:
+                print(f"{where}: {job.metadata.name}: {pods_summary(job.spec)}")
+                from .hints import cluster_notes
+
+                for note in cluster_notes(job.spec):
+                    print(f"{where}: note: {note}")
             if job is not None and job.kind == "RLHFJob" and not errors and args.show_defaults:
                 sys.stdout.write(f"---\n# {where}: the spec this job runs with, every default filled in\n")
                 sys.stdout.write(yaml.safe_dump(full_spec(job), sort_keys=False, width=120))
@@ -105,6 +112,21 @@ def layout_errors(spec: RLHFJobSpec) -> list[FieldError]:
     except RenderError as exc:
         return [FieldError(exc.field, str(exc).split(": ", 1)[1])]
     return []
+
+
+def pods_summary(spec: RLHFJobSpec) -> str:
+    """What the job asks the cluster for, in one line (the details: `rlhf render --layout`)."""
+    from rlhf_operator.placement import plan_layout
+
+    layout = plan_layout(spec)
+    if not layout.groups:
+        return "1 Ray head pod (CPU), no GPU worker pods"
+    groups = ", ".join(f"{g.replicas} pod(s) x {g.gpus_per_pod} nvidia.com/gpu" for g in layout.groups)
+    nodes = sum(g.replicas for g in layout.groups)
+    return (
+        f"1 Ray head pod (CPU) + {groups} = {layout.total_gpus} GPUs on at least {nodes} GPU node(s) "
+        "(`rlhf render --layout` for each role)"
+    )
 
 
 def full_spec(job: RLHFJob) -> dict[str, Any]:
@@ -191,8 +213,18 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 _LiteralDumper.add_representer(str, _represent_str)
 
 
+def _verbose(args: argparse.Namespace) -> None:
+    """--verbose: a configuration error's traceback goes to the log too (see failures.py)."""
+    if args.verbose:
+        from .failures import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_manifest
+
+    _verbose(args)
 
     job = load_job(args.file)
     return run_manifest(job, output_dir=args.output, backend=args.backend, metrics_port=args.metrics_port)
@@ -201,7 +233,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .runner import run_config_file
 
+    _verbose(args)
+
     return run_config_file(args.config)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .logs import run_logs
+
+    return run_logs(args.job, args.namespace, args.follow, args.attempt, args.kubeconfig)
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -265,13 +305,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)"
     )
+    p.add_argument(
+        "--verbose", action="store_true", help="print a configuration error's traceback, not only its line"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="the trainer driver (the RayJob entrypoint)")
     p.add_argument(
         "--config", required=True, metavar="FILE", help="trainer config (YAML) rendered by the operator"
     )
+    p.add_argument(
+        "--verbose", action="store_true", help="print a configuration error's traceback, not only its line"
+    )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "logs", help="print the trainer's output of a job on the cluster (its submitter pod's log)"
+    )
+    p.add_argument("job", metavar="JOB", help="RLHFJob name")
+    p.add_argument("-n", "--namespace", default=None, help="namespace (default: the kubeconfig context's)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep streaming until the trainer ends")
+    p.add_argument(
+        "--attempt", type=int, default=None, help="attempt N (0 first; default: the current, status.attempt)"
+    )
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig (default: KUBECONFIG or ~/.kube/config)")
+    p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("operator", help="run the operator")
     p.add_argument(

@@ -17,6 +17,7 @@ from .api.job import RLHFJob, TrainerConfig
 from .api.stages import is_offline
 from .api.validation import InvalidJobError, load_model
 from .engine.device import prepare_environment
+from .failures import report_failure
 
 if TYPE_CHECKING:
     from .api.spec import RLHFJobSpec
@@ -25,16 +26,6 @@ if TYPE_CHECKING:
     from .preflight import Prepared
 
 log = logging.getLogger("rlhf_trainer")
-
-
-def _permanent_errors() -> tuple[type[BaseException], ...]:
-    """Errors of the job's configuration: raised the same way by every attempt."""
-    from .batch_plan import BatchConfigError
-    from .checkpoint import CheckpointError
-    from .data import DataConfigError
-    from .rewards import RewardConfigError
-
-    return (InvalidJobError, BatchConfigError, CheckpointError, DataConfigError, RewardConfigError)
 
 
 @dataclass(frozen=True)
@@ -156,14 +147,8 @@ def run_trainer(config: TrainerConfig) -> int:
     try:
         summary = _train(config, prepared)
     except Exception as exc:
-        log.exception("training failed")
-        permanent = isinstance(exc, _permanent_errors())
-        record_failure(
-            config,
-            permanent=permanent,
-            reason="ConfigurationError" if permanent else "TrainingFailed",
-            message=f"{type(exc).__name__}: {exc}",
-        )
+        failure = report_failure(exc, config.output_dir)
+        record_failure(config, permanent=failure.permanent, reason=failure.reason, message=failure.message)
         return 1
     for line in summary.lines():
         print(line)

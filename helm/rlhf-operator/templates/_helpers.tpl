@@ -102,7 +102,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
 # RLHFPipeline: read and watched (kopf, resync), patched (kopf's progress annotations), its status
 # written; each stage's RLHFJob is created by the operator (owned by the pipeline).
 - apiGroups: ["rlhf.io"]

@@ -617,14 +617,19 @@ class PromptSource(ApiModel):
     )
     split: str = Field(default="train", min_length=1, max_length=128, description="Dataset split.")
     input_key: str = Field(
-        default="prompt", min_length=1, max_length=256, description="Column holding the prompt text."
+        default="prompt",
+        min_length=1,
+        max_length=256,
+        description="Column holding the prompt: a string, or (with chatTemplate: true) a list of chat "
+        'messages [{"role": "user", "content": "..."}]. Formats per algorithm: docs/data.md.',
     )
     label_key: str | None = Field(
         default=None,
         min_length=1,
         max_length=256,
-        description="Column holding the label passed to reward functions (kto: the desirable/undesirable "
-        "boolean, default label).",
+        description="Column holding the label passed to reward functions, e.g. the reference answer "
+        "that boxed_answer compares with the last \\boxed{...} of a response (kto: the "
+        "desirable/undesirable boolean, default label). A row without it is invalid (see invalidRows).",
     )
     response_key: str | None = Field(
         default=None,
@@ -660,6 +665,13 @@ class PromptSource(ApiModel):
     )
     max_samples: int | None = Field(
         default=None, ge=1, le=INT32_MAX, description="Use at most this many rows."
+    )
+    invalid_rows: Literal["fail", "skip"] = Field(
+        default="fail",
+        description="Every row is checked when the data loads, before the first step (the input a "
+        "string, or chat messages with chatTemplate; the label present when labelKey is set; the "
+        "stage's columns of the right type). fail: stop with the first bad row's number and field. "
+        "skip: drop bad rows and log how many.",
     )
 
     rules = (
@@ -809,6 +821,36 @@ class CheckpointSpec(ApiModel):
 # infrastructure
 
 
+class ModelCacheSpec(ApiModel):
+    """A shared Hugging Face cache: hub models are downloaded once, into a PVC every pod mounts."""
+
+    claim_name: str = Field(
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="An existing PersistentVolumeClaim in the job's namespace, ReadWriteMany so that "
+        "every pod mounts it. The first pod that loads a hub model downloads it there (the hub "
+        "library locks each file, so the others wait for it instead of downloading it again); later "
+        "pods and later jobs reuse it. Step by step: docs/models.md.",
+    )
+    path: str = Field(
+        default="/cache/huggingface",
+        min_length=2,
+        max_length=PATH_LENGTH,
+        pattern=r"^/.+",
+        description="Where the claim is mounted; HF_HOME is set to it in every pod.",
+    )
+
+    rules = (
+        Rule(
+            cel=f"!(self.path in {_FIXED_DIRS_CEL} || {_FIXED_TREES_CEL}.exists(d, self.path.startsWith(d + '/')))",
+            message="collides with a directory the pods need (/, /etc, /etc/rlhf: the trainer config, "
+            "/dev, /dev/shm, /proc, /sys)",
+            field="path",
+            check=lambda c: not _fixed_mount(c.path),
+        ),
+    )
+
+
 class PodTemplateOverrides(ApiModel):
     node_selector: dict[str, LabelValue] = Field(
         default_factory=dict, max_length=64, description="Node labels every pod must match."
@@ -884,7 +926,10 @@ class WorkerSpec(ApiModel):
 
 class SecretRefs(ApiModel):
     hf_token: SecretKeySelector | None = Field(
-        default=None, description="Secret key holding the HF token (HF_TOKEN)."
+        default=None,
+        description="Secret key holding the HF token (HF_TOKEN), for gated or private hub models and "
+        "datasets. Referenced by the pods only when the job names a hub id (a model, tokenizer or "
+        "dataset that is not a path), so a job of paths runs without the Secret.",
     )
 
 
@@ -900,6 +945,11 @@ class RLHFJobSpec(ApiModel):
     checkpoint: CheckpointSpec | None = Field(
         default=None,
         description="Checkpointing and resume. Unset: no checkpoints; restarts begin from scratch.",
+    )
+    model_cache: ModelCacheSpec | None = Field(
+        default=None,
+        description="A shared cache for hub models (HF ids), mounted on every pod with HF_HOME set to it. "
+        "Unset: each pod downloads hub models into its own filesystem. Not used by models given as paths.",
     )
     image: str | None = Field(
         default=None,
@@ -927,6 +977,16 @@ class RLHFJobSpec(ApiModel):
     )
     active_deadline_seconds: int | None = Field(
         default=None, ge=1, le=INT32_MAX, description="Fail the job after this long."
+    )
+    pre_running_deadline_seconds: int = Field(
+        default=1800,
+        ge=0,
+        le=INT32_MAX,
+        description="Fail the job when an attempt has not started training this long after its Ray "
+        "cluster began starting (the RayJob created, started by KubeRay, or resumed; not while it is "
+        "suspended, e.g. queued by Kueue): pods that cannot be scheduled, pulled or started never "
+        "leave Initializing otherwise; the Ray cluster is then deleted. The reason pods are stuck is in the StartupBlocked condition. "
+        "0: no deadline. Applies in place.",
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None,
@@ -1003,3 +1063,20 @@ class RLHFJobSpec(ApiModel):
             ),
         ),
     ) + stage_rules()
+
+
+def is_hub_id(name: str) -> bool:
+    """A hub id (`org/name` or `name`) rather than a path: not absolute, not relative with a dot
+    or `~`, at most one `/`."""
+    return not name.startswith(("/", ".", "~")) and name.count("/") <= 1
+
+
+def hub_ids(spec: RLHFJobSpec) -> list[str]:
+    """The hub ids a job loads: models and tokenizers of every role, reward models, datasets."""
+    models = spec.models
+    roles = [models.actor, models.critic, models.reference]
+    names = [n for r in roles if r is not None for n in (r.model, r.tokenizer) if n]
+    names += [source.model for source in models.reward if source.model]
+    names = [n for n in names if is_hub_id(n)]
+    names += [src.dataset for src in (spec.data.prompts, spec.data.eval) if src is not None and src.dataset]
+    return list(dict.fromkeys(names))

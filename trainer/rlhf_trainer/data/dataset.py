@@ -49,6 +49,7 @@ class PromptDataset:
         self._inputs: list[Any] | None = None
         self._labels: list[Any] | None = None
         self._order: np.ndarray | None = None
+        self.skipped_rows = 0  # rows dropped at load time (invalidRows: skip)
 
     # ---------------------------------------------------------------- loading
 
@@ -67,10 +68,43 @@ class PromptDataset:
             return
         src = self.source
         rows = self._checked_rows([("labelKey", src.label_key)] if src.label_key is not None else [])
-        self._inputs = list(rows[src.input_key])
-        self._labels = list(rows[src.label_key]) if src.label_key is not None else [None] * len(self._inputs)
-        # Catch a wrongly typed column now rather than in the middle of training.
-        self.format(self._inputs[0], 0)
+        inputs = list(rows[src.input_key])
+        labels = list(rows[src.label_key]) if src.label_key is not None else [None] * len(inputs)
+        self._inputs, self._labels = self._valid_rows(inputs, labels)
+
+    def row_error(self, raw: Any, label: Any, row: int) -> str | None:
+        """What is wrong with one row (its field path first), or None."""
+        error = self._input_error(raw, row)
+        if error is None and self.source.label_key is not None and label is None:
+            error = f"{self.field}.labelKey: row {row} column '{self.source.label_key}' is empty"
+        return error
+
+    def _valid_rows(self, inputs: list[Any], labels: list[Any]) -> tuple[list[Any], list[Any]]:
+        """Every row checked before the first step (a bad row drawn hours into a run would end it
+        then): DataConfigError naming the first bad row and field, or, with invalidRows: skip, the
+        rows without the bad ones and a warning saying how many went."""
+        bad = [(i, error) for i in range(len(inputs)) if (error := self.row_error(inputs[i], labels[i], i))]
+        self.skipped_rows = len(bad)
+        if not bad:
+            return inputs, labels
+        first = bad[0][1]
+        if self.source.invalid_rows == "fail":
+            raise DataConfigError(
+                f"{first} ({len(bad)} of {len(inputs)} rows are invalid; "
+                f"{self.field}.invalidRows: skip drops them instead)"
+            )
+        if len(bad) == len(inputs):
+            raise DataConfigError(f"{self.field}: all {len(inputs)} rows are invalid; the first: {first}")
+        dropped = {i for i, _ in bad}
+        log.warning(
+            "%s: skipped %d of %d rows (invalidRows: skip); the first: %s",
+            self.field,
+            len(bad),
+            len(inputs),
+            first,
+        )
+        keep = [i for i in range(len(inputs)) if i not in dropped]
+        return [inputs[i] for i in keep], [labels[i] for i in keep]
 
     def _checked_rows(self, columns: list[tuple[str, str]]) -> Any:
         """The source's rows (at most maxSamples) after the checks every dataset shares: a chat
@@ -99,16 +133,22 @@ class PromptDataset:
 
     # ---------------------------------------------------------------- formatting
 
+    def _input_error(self, raw: Any, row: int) -> str | None:
+        src = self.source
+        if isinstance(raw, str) or (src.chat_template and _is_messages(raw)):
+            return None
+        expected = "a string (or a list of chat messages with chatTemplate: true)"
+        if isinstance(raw, list) and not src.chat_template:
+            expected = "a string (a list of chat messages needs chatTemplate: true)"
+        return f"{self.field}.inputKey: row {row} column '{src.input_key}' holds {type(raw).__name__}, expected {expected}"
+
     def format(self, raw: Any, row: int) -> str:
         """The prompt text of one row's input: chat template, input template, or as is."""
         src = self.source
-        is_messages = isinstance(raw, list) and all(isinstance(m, dict) and "content" in m for m in raw)
-        if not isinstance(raw, str) and not (src.chat_template and is_messages):
-            expected = "a string (or a list of chat messages with chatTemplate: true)"
-            raise DataConfigError(
-                f"{self.field}.inputKey: row {row} column '{src.input_key}' holds "
-                f"{type(raw).__name__}, expected {expected}"
-            )
+        error = self._input_error(raw, row)
+        if error is not None:
+            raise DataConfigError(error)
+        is_messages = _is_messages(raw)
         if src.chat_template:
             messages = raw if is_messages else [{"role": "user", "content": raw}]
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -170,3 +210,8 @@ class PromptDataset:
         self.epoch = int(state["epoch"])
         self.position = min(int(state["position"]), self.num_rows)
         self._order = None
+
+
+def _is_messages(raw: Any) -> bool:
+    """A chat: a list of {"role": ..., "content": ...} messages."""
+    return isinstance(raw, list) and all(isinstance(m, dict) and "content" in m for m in raw)

@@ -13,7 +13,6 @@ from typing import Any
 from ..api.spec import PromptSource
 from ..api.stages import STAGE_COLUMNS
 from ..data import PromptDataset
-from ..data.loading import DataConfigError
 
 _ATTRIBUTE = {
     "responseKey": "response_key",
@@ -59,18 +58,23 @@ class ExampleDataset(PromptDataset):
             return
         src = self.source
         rows = self._checked_rows(list(self.columns.values()))
-        self._inputs = list(rows[src.input_key])
+        inputs = list(rows[src.input_key])
         values = {role: list(rows[column]) for role, (_, column) in self.columns.items()}
-        self._labels = [{role: values[role][i] for role in values} for i in range(len(self._inputs))]
+        labels = [{role: values[role][i] for role in values} for i in range(len(inputs))]
+        self._inputs, self._labels = self._valid_rows(inputs, labels)
+
+    def row_error(self, raw: Any, label: Any, row: int) -> str | None:
+        error = self._input_error(raw, row)
+        if error is not None:
+            return error
         for role, (key, column) in self.columns.items():
             expected = bool if role == "label" else str
-            bad = next((i for i, v in enumerate(values[role]) if not isinstance(v, expected)), None)
-            if bad is not None:
-                raise DataConfigError(
-                    f"{self.field}.{key}: row {bad} column '{column}' holds "
-                    f"{type(values[role][bad]).__name__}, expected {expected.__name__}"
+            if not isinstance(label[role], expected):
+                return (
+                    f"{self.field}.{key}: row {row} column '{column}' holds "
+                    f"{type(label[role]).__name__}, expected {expected.__name__}"
                 )
-        self.format(self._inputs[0], 0)
+        return None
 
     def next_examples(self, n: int) -> list[Example]:
         return [Example(prompt=p.text, columns=p.label) for p in self.next_batch(n)]

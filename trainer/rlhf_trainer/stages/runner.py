@@ -109,8 +109,10 @@ def run_stage(config: TrainerConfig) -> int:
         return 1
     try:
         summary = train_stage(config, prepared)
-    except Exception:
-        log.exception("training failed")
+    except Exception as exc:
+        from ..failures import report_failure
+
+        report_failure(exc, config.output_dir)
         return 1
     for line in summary.lines():
         print(line)
