@@ -10,6 +10,12 @@ multiple of `gpusPerPod`, or DeepSpeed's ranks would straddle pods unevenly); a 
 `gpusPerPod` GPUs, and pods with the same GPU count form one Ray worker group. Ray then places
 the trainer's bundles on them; the pods request exactly the GPUs of the layout.
 
+A role on CPU with several ranks (`cpuRanks`, a development knob) gets one CPU worker pod per
+rank, in the worker group `cpu`: each pod offers one unit of the Ray resource CPU_RANK_RESOURCE
+that each rank's bundle asks for, so the role's process group crosses pods as it crosses hosts on
+a GPU cluster. Roles that share its pool ride on the same pods; a CPU role of one rank stays on
+the Ray head.
+
 Cost: blocks are counted, not listed, and a pod's free room is one of `gpusPerPod + 1` values,
 so packing is O(distinct blocks x gpusPerPod) however many GPUs a job asks for; the job's GPUs
 and pods are capped before anything is packed.
@@ -26,6 +32,7 @@ from rlhf_trainer.api.spec import RLHFJobSpec
 from .errors import RenderError
 
 WORKERS_FIELD = "spec.workers.gpusPerPod"
+CPU_GROUP = "cpu"
 # Worker pods of one job: 512 pods of 8 GPUs hold the largest job (MAX_JOB_GPUS); more pods means
 # tiny pods for a large job, which KubeRay and the scheduler handle poorly.
 MAX_WORKER_PODS = 1024
@@ -65,6 +72,11 @@ class Layout:
     def total_gpus(self) -> int:
         return sum(group.gpus_per_pod * group.replicas for group in self.groups)
 
+    @property
+    def cpu_rank_pods(self) -> int:
+        """Worker pods of one CPU rank each (the `cpu` group)."""
+        return sum(group.replicas for group in self.groups if group.name == CPU_GROUP)
+
     def describe(self) -> list[str]:
         """The decided layout in words: roles, pools, pods (what `rlhf render` shows)."""
         lines = ["roles:"] + [f"  {line}" for line in self.roles.describe()]
@@ -72,9 +84,8 @@ class Layout:
         if not self.groups:
             lines.append("  none: no role uses a GPU, the Ray head runs the job")
         for group in self.groups:
-            lines.append(
-                f"  {group.name}: {group.replicas} pod(s) x {group.gpus_per_pod} GPUs  [{', '.join(group.roles)}]"
-            )
+            each = f"{group.gpus_per_pod} GPUs" if group.name != CPU_GROUP else "1 CPU rank"
+            lines.append(f"  {group.name}: {group.replicas} pod(s) x {each}  [{', '.join(group.roles)}]")
         return lines
 
 
@@ -98,7 +109,17 @@ def plan_layout(spec: RLHFJobSpec) -> Layout:
             f"{capacity} GPUs per pod gives {len(pods)} worker pods, more than the {MAX_WORKER_PODS} "
             f"a job may have: use larger pods",
         )
-    return Layout(roles=roles, pools=tuple(pools), groups=group_pods(pods))
+    return Layout(roles=roles, pools=tuple(pools), groups=group_pods(pods) + cpu_rank_group(roles))
+
+
+def cpu_rank_group(roles: JobLayout) -> tuple[WorkerGroup, ...]:
+    """The `cpu` worker group: one pod per rank of each CPU role with several ranks."""
+    hosts = roles.cpu_rank_hosts()
+    if not hosts:
+        return ()
+    names = tuple(name for host in hosts for name in roles.pool(host.name))
+    replicas = sum(host.workers for host in hosts)
+    return (WorkerGroup(name=CPU_GROUP, gpus_per_pod=0, replicas=replicas, roles=names),)
 
 
 def role_pools(roles: JobLayout) -> list[Pool]:

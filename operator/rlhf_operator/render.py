@@ -19,18 +19,20 @@ controller owner reference to it, so deleting the job cascades through the garba
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from rlhf_trainer.api.job import GROUP, PLURAL, RLHFJob, TrainerConfig
+from rlhf_trainer.api.layout import CPU_RANK_PODS_ENV, CPU_RANK_RESOURCE
 from rlhf_trainer.api.spec import RLHFJobSpec, hub_ids, reward_auth_env
 
 from . import naming
 from .errors import RenderError
 from .isolation import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, render_network_policy
-from .placement import WorkerGroup, plan_layout
+from .placement import CPU_GROUP, WorkerGroup, plan_layout
 from .policy import Policy, check_pods, enforce, operator_policy
 
 __all__ = [
@@ -220,7 +222,7 @@ def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
                 "dashboard-host": "0.0.0.0",
                 "metrics-export-port": str(naming.RAY_METRICS_PORT),
             },
-            "template": _head_template(job, options),
+            "template": _head_template(job, options, cpu_rank_pods=layout.cpu_rank_pods > 0),
         },
         "workerGroupSpecs": [_worker_group(job, options, group) for group in layout.groups],
     }
@@ -231,13 +233,15 @@ def render_rayjob(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
 # pods
 
 
-def _head_template(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
+def _head_template(job: RLHFJob, options: RenderOptions, cpu_rank_pods: bool = False) -> dict[str, Any]:
     spec = job.spec
     env = _common_env(spec) + [
         {"name": "RLHF_JOB_NAME", "value": job.metadata.name},
         {"name": "RLHF_JOB_NAMESPACE", "value": job_namespace(job, options)},
         {"name": "RLHF_DRIVER_PID_FILE", "value": DRIVER_PID_FILE},
     ]
+    if cpu_rank_pods:  # the trainer puts each CPU rank on its own worker pod (CPU_RANK_RESOURCE)
+        env.append({"name": CPU_RANK_PODS_ENV, "value": "1"})
     container = _container(spec, options, "ray-head", env, spec.head.resources.to_wire(), HEAD_PORTS)
     container["lifecycle"] = {"preStop": {"exec": {"command": HEAD_PRE_STOP}}}
     container["volumeMounts"].append(
@@ -282,9 +286,15 @@ def _submitter_template(job: RLHFJob, options: RenderOptions) -> dict[str, Any]:
 def _worker_group(job: RLHFJob, options: RenderOptions, group: WorkerGroup) -> dict[str, Any]:
     spec = job.spec
     resources = spec.workers.resources.to_wire()
-    requests = {**resources.get("requests", {}), GPU_RESOURCE: group.gpus_per_pod}
-    limits = {**resources.get("limits", {}), GPU_RESOURCE: group.gpus_per_pod}
-    gpu_resources = {"requests": requests, "limits": limits}
+    start_params = {"metrics-export-port": str(naming.RAY_METRICS_PORT)}
+    if group.name == CPU_GROUP:  # one CPU rank per pod: no GPU, one unit of the rank resource
+        gpu_resources = resources
+        # Single-quoted JSON: KubeRay parses it (trimming the quotes) and passes it to a shell.
+        start_params["resources"] = f"'{json.dumps({CPU_RANK_RESOURCE: 1})}'"
+    else:
+        requests = {**resources.get("requests", {}), GPU_RESOURCE: group.gpus_per_pod}
+        limits = {**resources.get("limits", {}), GPU_RESOURCE: group.gpus_per_pod}
+        gpu_resources = {"requests": requests, "limits": limits}
     container = _container(spec, options, "ray-worker", _common_env(spec), gpu_resources, WORKER_PORTS)
     container["lifecycle"] = {"preStop": {"exec": {"command": WORKER_PRE_STOP}}}
     pod_spec = _pod_spec(spec, container, _common_volumes(spec))
@@ -294,7 +304,7 @@ def _worker_group(job: RLHFJob, options: RenderOptions, group: WorkerGroup) -> d
         "replicas": group.replicas,
         "minReplicas": group.replicas,
         "maxReplicas": group.replicas,
-        "rayStartParams": {"metrics-export-port": str(naming.RAY_METRICS_PORT)},
+        "rayStartParams": start_params,
         "template": {"metadata": _pod_metadata(job, options, "worker", group.roles), "spec": pod_spec},
     }
 

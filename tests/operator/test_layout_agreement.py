@@ -3,6 +3,8 @@
 Both sides read one layout (rlhf_trainer.api.layout); this test holds them to it over every
 example and the edge cases where they once disagreed (a CPU job with a reward model whose gpus is
 unset; a reference with kl.coef 0), each colocation mode, multi-node roles and several pod sizes.
+CPU roles with several ranks (`cpuRanks`) get one worker pod per rank, and the trainer's bundles
+ask for one such pod per rank.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from pathlib import Path
 import pytest
 from operator_helpers import EXAMPLES, example_doc, job_from, with_spec
 
-from rlhf_operator.placement import plan_layout
+from rlhf_operator.placement import CPU_GROUP, plan_layout
 from rlhf_operator.render import GPU_RESOURCE, RenderOptions, render_rayjob
+from rlhf_trainer.api.layout import CPU_RANK_RESOURCE
 from rlhf_trainer.api.spec import RLHFJobSpec
 from rlhf_trainer.backends.placement import PlacementPlan, plan_placement
 
@@ -37,6 +40,22 @@ def _mixed_cpu_actor_gpu_critic() -> Doc:
     )
     doc["spec"]["models"]["reference"]["gpus"] = 0
     return doc
+
+
+def _cpu_ranks_ppo() -> Doc:
+    """PPO on CPU, actor and critic 2 ranks each, a KL term (the default reference rides on the
+    actor's ranks) and a reward model on the head."""
+    cpu = {"gpus": 0, "zeroStage": 3, "precision": "fp32", "cpuRanks": 2}
+    return with_spec(
+        "tiny-grpo-cpu",
+        {
+            "algorithm.name": "ppo",
+            "algorithm.kl": {"coef": 0.01},
+            "models.actor": {"model": "/m", **cpu},
+            "models.critic": {"model": "/m", **cpu},
+            "models.reward": [{"model": "/rm"}],
+        },
+    )
 
 
 CASES: dict[str, Callable[[], Doc]] = {
@@ -69,6 +88,11 @@ CASES: dict[str, Callable[[], Doc]] = {
     ),
     "vllm-on-cpu": lambda: with_spec("tiny-grpo-cpu", {"models.rollout": {"engine": "vllm", "engines": 2}}),
     "mixed-cpu-actor-gpu-critic": _mixed_cpu_actor_gpu_critic,
+    "cpu-ranks-actor": lambda: with_spec("tiny-grpo-cpu", {"models.actor.cpuRanks": 2}),
+    "cpu-ranks-ppo": _cpu_ranks_ppo,
+    "cpu-ranks-critic-gpu-actor": lambda: with_spec(
+        "ppo-llama3-8b", {"models.critic": {"model": "/m", "gpus": 0, "cpuRanks": 4}}
+    ),
     **{
         f"gpus-per-pod-{size}-{stem}": (
             lambda stem=stem, size=size: with_spec(stem, {"workers": {"gpusPerPod": size}})
@@ -81,15 +105,26 @@ CASES: dict[str, Callable[[], Doc]] = {
 }
 
 
-def pod_gpus(spec: RLHFJobSpec) -> int:
-    """GPUs the rendered RayJob's worker pods request."""
+def rendered_groups(spec: RLHFJobSpec) -> list[dict]:
     doc = example_doc("tiny-grpo-cpu")
     job = job_from(doc).model_copy(update={"spec": spec})
-    rayjob = render_rayjob(job, RenderOptions(default_image="img"))
+    return render_rayjob(job, RenderOptions(default_image="img"))["spec"]["rayClusterSpec"][
+        "workerGroupSpecs"
+    ]
+
+
+def pod_gpus(spec: RLHFJobSpec) -> int:
+    """GPUs the rendered RayJob's worker pods request."""
     return sum(
-        group["replicas"] * group["template"]["spec"]["containers"][0]["resources"]["limits"][GPU_RESOURCE]
-        for group in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+        group["replicas"]
+        * group["template"]["spec"]["containers"][0]["resources"].get("limits", {}).get(GPU_RESOURCE, 0)
+        for group in rendered_groups(spec)
     )
+
+
+def cpu_rank_pods(spec: RLHFJobSpec) -> int:
+    """Worker pods of one CPU rank each in the rendered RayJob."""
+    return sum(group["replicas"] for group in rendered_groups(spec) if group["groupName"] == CPU_GROUP)
 
 
 def disagreements(spec: RLHFJobSpec, placement: Callable[[RLHFJobSpec, float], PlacementPlan]) -> list[str]:
@@ -107,6 +142,14 @@ def disagreements(spec: RLHFJobSpec, placement: Callable[[RLHFJobSpec, float], P
     requested, placed_total = pod_gpus(spec), sum(b.get("GPU", 0.0) for b in plan.bundles)
     if requested != placed_total or requested != layout.total_gpus:
         problems.append(f"total: pods request {requested}, the trainer places {placed_total}")
+    # On the operator's pods each CPU rank asks for a pod of its own (one unit of the resource).
+    ranked = plan_placement(spec, 16.0, rank_pods=True)
+    rank_bundles = sum(b.get(CPU_RANK_RESOURCE, 0.0) for b in ranked.bundles)
+    pods = cpu_rank_pods(spec)
+    if rank_bundles != pods or pods != layout.cpu_rank_pods:
+        problems.append(
+            f"cpu ranks: {pods} rank pods rendered, the trainer places {rank_bundles} ranks on them"
+        )
     return problems
 
 

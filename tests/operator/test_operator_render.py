@@ -396,3 +396,39 @@ def test_overrides_colliding_with_the_operator_and_unplaceable_jobs_are_render_e
     with pytest.raises(RenderError) as info:
         render(job_from(with_spec("grpo-qwen2.5-7b-math", changes)))
     assert str(info.value).startswith(field + ": ")
+
+
+def test_a_cpu_role_with_two_ranks_gets_two_worker_pods_of_one_rank_each():
+    """cpuRanks: 2 on the actor: the `cpu` group has 2 pods (workers.resources, no GPU), each
+    offering one unit of the rank resource, and the head tells the trainer the pods exist."""
+    from rlhf_trainer.api.layout import CPU_RANK_PODS_ENV, CPU_RANK_RESOURCE
+
+    doc = with_spec(
+        "tiny-grpo-cpu",
+        {
+            "models.actor.cpuRanks": 2,
+            "workers": {
+                "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}
+            },
+        },
+    )
+    rayjob = by_kind(render(job_from(doc)))["RayJob"]
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    (group,) = cluster["workerGroupSpecs"]
+    assert group["groupName"] == "cpu"
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
+    assert container(group["template"])["resources"] == {
+        "requests": {"cpu": "1", "memory": "2Gi"},
+        "limits": {"memory": "2Gi"},
+    }
+    resources = group["rayStartParams"]["resources"]  # as KubeRay takes it: JSON in single quotes
+    assert resources.startswith("'") and json.loads(resources.strip("'")) == {CPU_RANK_RESOURCE: 1}
+    assert group["template"]["metadata"]["annotations"]["rlhf.io/roles"] == "actor"
+    assert env_of(cluster["headGroupSpec"]["template"])[CPU_RANK_PODS_ENV] == {
+        "name": CPU_RANK_PODS_ENV,
+        "value": "1",
+    }
+    # One rank (the default): no worker pods, nothing for the trainer to look for.
+    plain = by_kind(render(example_job("tiny-grpo-cpu")))["RayJob"]["spec"]["rayClusterSpec"]
+    assert plain["workerGroupSpecs"] == []
+    assert CPU_RANK_PODS_ENV not in env_of(plain["headGroupSpec"]["template"])

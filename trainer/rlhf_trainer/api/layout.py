@@ -7,7 +7,8 @@ on its own, so the GPUs the pods request are the GPUs the trainer places.
 
 Rules, in the words of the field descriptions:
 - A training or inference model (actor, critic, reference, reward model) with `gpus: N > 0`
-  runs N workers of one GPU each; with `gpus: 0` one CPU worker.
+  runs N workers of one GPU each; with `gpus: 0` `cpuRanks` CPU workers (1 unless set: a
+  development knob; the operator puts each of several CPU ranks in its own worker pod).
 - The reference runs only when `algorithm.kl.coef > 0`. Without `models.reference` it is a
   frozen copy of the actor's model, placed with the actor (`with_defaults` writes it out).
 - A reward model's unset `gpus` is 1 in a GPU job (actor.gpus > 0) and 0 in a CPU job; when it
@@ -29,6 +30,11 @@ from .stages import layout_view
 
 ACTOR, CRITIC, REFERENCE, ROLLOUT = "actor", "critic", "reference", "rollout"
 REWARD_MODEL_PREFIX = "reward_model_"
+# A role on CPU with several ranks (`cpuRanks`) runs one rank per worker pod in a cluster: each
+# such pod offers one unit of this Ray resource, and the trainer's bundle of each rank asks for it
+# when the operator says the pods exist (this env var on the head), so no two ranks share a pod.
+CPU_RANK_RESOURCE = "rlhf_cpu_rank"
+CPU_RANK_PODS_ENV = "RLHF_CPU_RANK_PODS"
 # The most GPUs one job may hold (every pool together): far above any real RLHF job, and a bound
 # on what the operator renders and packs for a manifest of a few lines.
 MAX_JOB_GPUS = 4096
@@ -93,6 +99,10 @@ class JobLayout:
     @property
     def total_gpus(self) -> int:
         return sum(role.gpus for role in self.hosts())
+
+    def cpu_rank_hosts(self) -> tuple[RoleLayout, ...]:
+        """Pools of a CPU role with several ranks: one worker pod per rank in a cluster."""
+        return tuple(role for role in self.hosts() if role.gpus_per_worker == 0 and role.workers > 1)
 
     def describe(self) -> list[str]:
         """One line per role: what `rlhf render --layout` prints."""
@@ -165,7 +175,9 @@ def plan_roles(spec: RLHFJobSpec) -> JobLayout:
     colocate = models.colocate
 
     def model_role(name: str, role: RoleSpec, field: str, shares: str | None) -> RoleLayout:
-        workers, each = (role.gpus, 1) if role.gpus > 0 else (1, 0)
+        if role.gpus == 0 and role.cpu_ranks > 1:
+            field = field.removesuffix(".gpus") + ".cpuRanks"
+        workers, each = (role.gpus, 1) if role.gpus > 0 else (role.cpu_ranks, 0)
         return RoleLayout(name, workers, each, role.nodes, shares, field)
 
     on_actor = ACTOR if colocate.all else None
@@ -209,6 +221,8 @@ def check_layout(layout: JobLayout) -> None:
 
 __all__ = [
     "ACTOR",
+    "CPU_RANK_PODS_ENV",
+    "CPU_RANK_RESOURCE",
     "CRITIC",
     "MAX_JOB_GPUS",
     "REFERENCE",

@@ -234,6 +234,10 @@ class Offload(ApiModel):
     parameters: bool = Field(default=False, description="Offload parameters to CPU (ZeRO 3 only).")
 
 
+# CPU ranks of one role (a development knob: a few gloo ranks, not a CPU cluster).
+MAX_CPU_RANKS = 16
+
+
 class RoleSpec(ApiModel):
     """A model held by one role, with its placement and DeepSpeed knobs."""
 
@@ -246,6 +250,15 @@ class RoleSpec(ApiModel):
         default=None, max_length=PATH_LENGTH, description="Tokenizer path or id. Unset: the model's own."
     )
     gpus: int = Field(default=1, ge=0, le=4096, description="GPUs for this role in total. 0 runs it on CPU.")
+    cpu_ranks: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_CPU_RANKS,
+        description="For development and tests, with gpus 0 only: the data-parallel DeepSpeed ranks of a "
+        "CPU role (gloo process group, ZeRO as on GPUs). Each rank trains its share of every train batch. "
+        "More than 1 places each rank in its own CPU worker pod (workers.resources each), so the process "
+        "group crosses pods as it crosses hosts on a GPU cluster. GPU roles take their ranks from gpus.",
+    )
     nodes: int = Field(default=1, ge=1, le=512, description="Nodes the role's GPUs are spread over.")
     zero_stage: int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage 0-3.")
     precision: Literal["bf16", "fp16", "fp32"] = Field(
@@ -278,6 +291,12 @@ class RoleSpec(ApiModel):
             message="must be a multiple of nodes",
             field="gpus",
             check=lambda r: r.gpus % r.nodes == 0,
+        ),
+        Rule(
+            cel="self.cpuRanks == 1 || self.gpus == 0",
+            message="must be 1 for a role on GPUs: its ranks are its gpus (cpuRanks is for CPU roles, gpus 0)",
+            field="cpuRanks",
+            check=lambda r: r.cpu_ranks == 1 or r.gpus == 0,
         ),
         Rule(
             cel="self.nodes == 1 || self.gpus > 0",
@@ -1010,7 +1029,9 @@ class WorkerSpec(ApiModel):
         default=8, ge=1, le=64, description="GPUs per worker pod (usually GPUs per node)."
     )
     resources: ResourceRequirements = Field(
-        default_factory=ResourceRequirements, description="CPU/memory of each worker pod (GPUs are derived)."
+        default_factory=ResourceRequirements,
+        description="CPU/memory of each worker pod (GPUs are derived), and of each pod of one CPU rank "
+        "(cpuRanks > 1).",
     )
 
 

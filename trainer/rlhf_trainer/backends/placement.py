@@ -5,16 +5,21 @@ A pure function of the spec, so it can be read and tested without Ray. Each role
 gets one bundle per worker (its GPUs, one CPU; one CPU when the role runs on CPU); a role that
 shares another's GPUs puts its i-th worker on that role's i-th bundle (modulo its bundle count),
 and the workers on one bundle each take an equal fraction of its GPU and CPU. A CPU-only job gets
-CPU bundles that together fit in the CPUs Ray was given.
+CPU bundles that together fit in the CPUs Ray was given. The ranks of a CPU role with several
+ranks (`cpuRanks`) each also ask for one unit of CPU_RANK_RESOURCE when the job runs on the
+operator's pods (one rank per pod); on a local Ray cluster they share its CPUs.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from ..api.layout import (
     ACTOR,
+    CPU_RANK_PODS_ENV,
+    CPU_RANK_RESOURCE,
     CRITIC,
     REFERENCE,
     ROLLOUT,
@@ -63,12 +68,15 @@ def role_gpus(spec: RLHFJobSpec) -> dict[str, tuple[int, int]]:
     return {role.name: (role.workers, role.gpus_per_worker) for role in plan_roles(spec)}
 
 
-def plan_placement(spec: RLHFJobSpec, cpus: float) -> PlacementPlan:
-    """Bundles and per-worker resources for every role. `cpus`: CPUs Ray may use (CPU-only jobs)."""
-    return bundles_of(plan_roles(spec), cpus)
+def plan_placement(spec: RLHFJobSpec, cpus: float, rank_pods: bool | None = None) -> PlacementPlan:
+    """Bundles and per-worker resources for every role. `cpus`: CPUs Ray may use (CPU-only jobs).
+    `rank_pods`: CPU ranks sit one per worker pod (None: as the operator's env var on the head says)."""
+    if rank_pods is None:
+        rank_pods = os.environ.get(CPU_RANK_PODS_ENV) == "1"
+    return bundles_of(plan_roles(spec), cpus, rank_pods)
 
 
-def bundles_of(layout: JobLayout, cpus: float) -> PlacementPlan:
+def bundles_of(layout: JobLayout, cpus: float, rank_pods: bool = False) -> PlacementPlan:
     """The placement of a role layout (hosts come before the roles that share them)."""
     bundles: list[dict[str, float]] = []
     own: dict[str, tuple[int, ...]] = {}
@@ -93,6 +101,10 @@ def bundles_of(layout: JobLayout, cpus: float) -> PlacementPlan:
         # Rounded down: rounding up could ask for a hair more than the cluster has.
         per_bundle = math.floor(min(1.0, cpus / max(1, len(bundles))) * 1e4) / 1e4
         bundles = [{"CPU": per_bundle} for _ in bundles]
+    if rank_pods:
+        for host in layout.cpu_rank_hosts():
+            for index in own[host.name]:
+                bundles[index][CPU_RANK_RESOURCE] = 1.0
 
     placements: dict[str, tuple[WorkerPlacement, ...]] = {}
     for role in layout:

@@ -22,13 +22,20 @@ def deepspeed_config(
     zero: dict[str, Any] = {"stage": role.zero_stage}
     if role.zero_stage >= 1:
         zero.update(overlap_comm=use_gpu, contiguous_gradients=True, reduce_bucket_size=5e8)
-    # Offload moves states from GPU to host memory; on CPU they are there already.
-    if use_gpu and role.offload.optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    if use_gpu and role.offload.parameters:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    # Offload moves states from GPU to host memory. On CPU they are there already, but the same
+    # DeepSpeed path runs (host-side fp32 partitions, the optimizer step on them), so CPU ranks
+    # prove it; pinned memory is a CUDA notion.
+    if role.offload.optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu}
+    if role.offload.parameters:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": use_gpu}
     if role.zero_stage == 3:
-        zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=1e4)
+        # Parameters under the threshold stay whole on every rank (fewer, larger gathers on GPUs);
+        # CPU ranks, there to exercise the path, partition every parameter (tiny test models too).
+        zero.update(
+            stage3_gather_16bit_weights_on_model_save=True,
+            stage3_param_persistence_threshold=1e4 if use_gpu else 0,
+        )
     return {
         "train_batch_size": plan.train_batch_size,
         "train_micro_batch_size_per_gpu": plan.micro_batch_size,
@@ -39,6 +46,8 @@ def deepspeed_config(
         "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
         # torch's AdamW is passed in (no compiled op needed); ZeRO accepts it with this flag.
         "zero_allow_untested_optimizer": True,
+        # On CPU the offloaded optimizer is torch's AdamW (DeepSpeedCPUAdam is a compiled op).
+        "zero_force_ds_cpu_optimizer": use_gpu,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

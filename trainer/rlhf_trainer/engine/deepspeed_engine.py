@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # responsive to the non-stationary policy-gradient signal.
 ADAM_BETAS = (0.9, 0.95)
 CHECKPOINT_TAG = "engine"
+UNIVERSAL_TAG = "engine_universal"
 
 
 class TrainingEngine:
@@ -118,14 +119,53 @@ class TrainingEngine:
 
     # ---------------------------------------------------------------- state
 
-    def full_state_dict(self, to_cpu: bool) -> dict[str, torch.Tensor]:
-        """Every parameter and buffer in full (ZeRO-3 partitions gathered), detached."""
-        if self.zero_stage == 3:
-            import deepspeed
+    def full_state_dict(self, to_cpu: bool, rank0_only: bool = False) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer in full, detached. Under ZeRO-3 every rank must call it: the
+        partitions are gathered one parameter at a time (never the whole model at once) and copied
+        to host memory; with `rank0_only` the other ranks take part in the gathers and return {}."""
+        keep = not rank0_only or self.rank == 0
+        if self.zero_stage != 3:
+            if not keep:
+                return {}
+            return {
+                k: (v.detach().cpu() if to_cpu else v.detach()) for k, v in self.module.state_dict().items()
+            }
+        state: dict[str, torch.Tensor] = {}
+        for name, param in self.module.named_parameters():
+            with self.gathered([param]):
+                if keep:
+                    state[name] = param.data.detach().clone().cpu()
+        if not keep:
+            return {}
+        # Tied weights (one parameter under two names) and persistent buffers (never partitioned).
+        named = {id(p): name for name, p in self.module.named_parameters()}
+        full: dict[str, torch.Tensor] = {}
+        for name, value in self.module.state_dict(keep_vars=True).items():
+            if id(value) in named:
+                full[name] = state[named[id(value)]]
+            else:
+                full[name] = value.detach().clone().cpu()
+        return full
 
-            with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
-                return {k: v.detach().clone().cpu() for k, v in self.module.state_dict().items()}
-        return {k: (v.detach().cpu() if to_cpu else v.detach()) for k, v in self.module.state_dict().items()}
+    @property
+    def rank(self) -> int:
+        return self.engine.global_rank
+
+    @property
+    def world_size(self) -> int:
+        return self.engine.world_size
+
+    def forward_passes(self, local: int) -> int:
+        """How many forward passes every rank must make when this one needs `local`: the most of
+        any rank under ZeRO-3 with several ranks (each forward gathers partitions, a collective
+        every rank must join), else `local`."""
+        if self.zero_stage != 3 or self.world_size == 1:
+            return local
+        import torch.distributed as dist
+
+        count = torch.tensor([local], dtype=torch.long)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return int(count.item())
 
     def full_shape(self, param: torch.nn.Parameter) -> tuple[int, ...]:
         """A parameter's shape in the model (ZeRO-3 keeps only a flat partition on each rank)."""
@@ -146,9 +186,15 @@ class TrainingEngine:
     def save(self, directory: str) -> None:
         self.engine.save_checkpoint(directory, tag=CHECKPOINT_TAG)
 
-    def load(self, directory: str) -> None:
+    def load(self, directory: str, universal: bool = False) -> None:
+        """Read back this rank's states; `universal`: from the universal form of a checkpoint
+        written by another number of ranks (UNIVERSAL_TAG, made by `checkpoint_ranks`)."""
+        tag = UNIVERSAL_TAG if universal else CHECKPOINT_TAG
+        # DeepSpeed reads this switch from its config when loading (no other way to set it after
+        # initialize); a universal load repartitions every state for this run's ranks.
+        self.engine._config.load_universal_checkpoint = universal
         path, _ = self.engine.load_checkpoint(
-            directory, tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+            directory, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/{CHECKPOINT_TAG}")
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/{tag}")

@@ -89,6 +89,14 @@ def init_distributed(ctx: DistributedContext) -> None:
         torch.cuda.set_device(0)
     import deepspeed
 
+    if not ctx.use_gpu:
+        # DeepSpeed's CPU backend compiles a shared-memory all-reduce op (a C++ build of a minute or
+        # more, redone whenever the venv's path changes) that only its inference engine uses; the
+        # training collectives go through gloo.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
     deepspeed.init_distributed(dist_backend="nccl" if ctx.use_gpu else "gloo", auto_mpi_discovery=False)
     log.debug("process group ready: rank %d of %d at %s:%d", ctx.rank, ctx.world_size, ctx.master_addr, port)
 

@@ -43,6 +43,7 @@ class HFGenerationEngine:
         pad_id: int,
         device: torch.device,
         max_batch_size: int | None = None,
+        synced: bool = False,
     ) -> None:
         self.model = model
         self.spec = spec
@@ -50,12 +51,20 @@ class HFGenerationEngine:
         self.pad_id = pad_id
         self.device = device
         self.max_batch_size = max_batch_size
+        # ZeRO-3 ranks generating with one partitioned model: every rank runs forward passes until
+        # the last rank's samples end (each pass gathers partitions, a collective).
+        self.synced = synced
         self.config = sampling_config(spec, eos_ids, pad_id)
         self.record_logprobs = False
         """Also return each token's sampling log-probability (for the correction of stale samples)."""
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]]) -> GenerationOutput:
+        if not prompts:  # more workers than prompts (a small evaluation set)
+            if self.synced:  # the other ranks' forward passes need this one's
+                self.generate([[self.pad_id]])
+            empty = torch.zeros((0, 1), dtype=torch.long)
+            return GenerationOutput(input_ids=empty, attention_mask=empty.clone(), prompt_width=1)
         ids, mask = left_pad(prompts, self.pad_id, self.spec.max_prompt_length)
         chunk = self.max_batch_size or len(prompts)
         was_training = self.model.training
@@ -68,6 +77,7 @@ class HFGenerationEngine:
                     input_ids=ids[i : i + chunk].to(self.device),
                     attention_mask=mask[i : i + chunk].to(self.device),
                     generation_config=self.config,
+                    synced_gpus=self.synced,
                     logits_processor=LogitsProcessorList([recorder] if recorder else []),
                 )
                 pieces.append(out[:, ids.shape[1] :].cpu())

@@ -25,7 +25,7 @@ from ..generation import GenerationOutput, HFGenerationEngine
 from ..generation.transport import TensorMeta, WeightGroup, plan_buckets, send_bucket, tensor_meta
 from ..packing import enable_packing, packed_policy_forward
 from ..rollout_batch import RolloutBatch
-from .base import load_rng, save_rng, start_role_process
+from .base import load_rng, save_ranks, save_rng, start_role_process
 from .forward import per_token_outputs, policy_forward
 from .micro_batches import train_micro_batches
 
@@ -57,6 +57,7 @@ class ActorRole:
                 eos_token_ids(self.tokenizer, model),
                 self.tokenizer.pad_token_id,
                 self.device,
+                synced=role.zero_stage == 3 and dist.world_size > 1,
             )
             if generates
             else None
@@ -81,6 +82,7 @@ class ActorRole:
             batch,
             self.plan.micro_batch_size,
             self.device,
+            passes=self.engine.forward_passes,
         )
 
     # ---------------------------------------------------------------- update
@@ -173,7 +175,9 @@ class ActorRole:
     # ---------------------------------------------------------------- weights and checkpoints
 
     def weights(self, to_cpu: bool) -> dict[str, torch.Tensor]:
-        return self.engine.full_state_dict(to_cpu)
+        """The full weights on rank 0 (every rank takes part in ZeRO-3's gathers; the others
+        return {}, so nothing but rank 0's copy travels)."""
+        return self.engine.full_state_dict(to_cpu, rank0_only=True)
 
     # ---------------------------------------------------------------- weight sync to vllm engines
 
@@ -221,14 +225,17 @@ class ActorRole:
     def save_checkpoint(self, directory: str) -> None:
         self.engine.save(directory)
         save_rng(directory, self.dist.rank)
+        if self.dist.rank == 0:
+            save_ranks(directory, self.dist.world_size, self.engine.zero_stage)
 
-    def load_checkpoint(self, directory: str) -> None:
-        self.engine.load(directory)
+    def load_checkpoint(self, directory: str, universal: bool = False) -> None:
+        self.engine.load(directory, universal)
         load_rng(directory, self.dist.rank)
 
     def export_hf(self, directory: str) -> None:
-        """The policy in HF format (from_pretrained) with its tokenizer; rank 0 writes."""
-        state = self.engine.full_state_dict(to_cpu=True)
+        """The policy in HF format (from_pretrained) with its tokenizer; rank 0 writes (every rank
+        takes part in ZeRO-3's parameter-by-parameter gathers)."""
+        state = self.engine.full_state_dict(to_cpu=True, rank0_only=True)
         if self.dist.rank != 0:
             return
         os.makedirs(directory, exist_ok=True)

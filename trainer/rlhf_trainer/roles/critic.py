@@ -13,7 +13,7 @@ from ..engine.deepspeed_engine import TrainingEngine
 from ..engine.device import DistributedContext
 from ..engine.models import load_value_model
 from ..rollout_batch import RolloutBatch
-from .base import load_rng, save_rng, start_role_process
+from .base import load_rng, save_ranks, save_rng, start_role_process
 from .forward import per_token_outputs, value_forward
 
 FIELD = "spec.models.critic"
@@ -39,7 +39,11 @@ class CriticRole:
     def values(self, batch: RolloutBatch) -> torch.Tensor:
         self.engine.eval()
         return per_token_outputs(
-            lambda micro: value_forward(self.engine, micro), batch, self.plan.micro_batch_size, self.device
+            lambda micro: value_forward(self.engine, micro),
+            batch,
+            self.plan.micro_batch_size,
+            self.device,
+            passes=self.engine.forward_passes,
         )
 
     def train(self, batch: RolloutBatch) -> dict[str, float]:
@@ -74,7 +78,9 @@ class CriticRole:
     def save_checkpoint(self, directory: str) -> None:
         self.engine.save(directory)
         save_rng(directory, self.dist.rank)
+        if self.dist.rank == 0:
+            save_ranks(directory, self.dist.world_size, self.engine.zero_stage)
 
-    def load_checkpoint(self, directory: str) -> None:
-        self.engine.load(directory)
+    def load_checkpoint(self, directory: str, universal: bool = False) -> None:
+        self.engine.load(directory, universal)
         load_rng(directory, self.dist.rank)

@@ -52,12 +52,30 @@ def per_token_outputs(
     batch: RolloutBatch,
     micro_batch_size: int,
     device: torch.device,
+    passes: Callable[[int], int] | None = None,
 ) -> torch.Tensor:
-    """Run `fn` over micro batches and reassemble [B, R] on CPU (zeros past each micro batch's width)."""
+    """Run `fn` over micro batches and reassemble [B, R] on CPU (zeros past each micro batch's width).
+
+    `passes(local)`: how many forward passes this rank must make when it needs `local` (ZeRO-3
+    ranks each make as many as the busiest one: every forward gathers partitions collectively);
+    the extra passes run on a one-row stand-in and are dropped.
+    """
     out = torch.zeros(batch.size, batch.response_width, dtype=torch.float32)
+    micros = list(batch.micro_batches(micro_batch_size))
+    total = passes(len(micros)) if passes is not None else len(micros)
     row = 0
-    for micro in batch.micro_batches(micro_batch_size):
+    for micro in micros:
         piece = fn(micro.to(device)).float().cpu()
         out[row : row + micro.size, : piece.shape[1]] = piece
         row += micro.size
+    for _ in range(total - len(micros)):
+        fn(_stand_in(batch).to(device))
     return out
+
+
+def _stand_in(batch: RolloutBatch) -> RolloutBatch:
+    """One row to run a forward pass on: this batch's first, or a two-token sequence when empty."""
+    if batch.size > 0:
+        return batch.rows(0, 1)
+    ids = torch.zeros(1, 2, dtype=torch.long)
+    return RolloutBatch(ids, torch.ones_like(ids), prompt_width=1)

@@ -16,7 +16,7 @@ from ..api.spec import RLHFJobSpec, RoleSpec
 from ..engine.deepspeed_engine import TrainingEngine
 from ..engine.device import DistributedContext
 from ..engine.models import _prepare, load_causal_lm, load_tokenizer, model_dtype
-from ..roles.base import load_rng, save_rng, start_role_process
+from ..roles.base import load_rng, save_ranks, save_rng, start_role_process
 from ..rollout_batch import even_ranges
 from .data import Example
 from .encode import Encoded, encode_completions, encode_scored_texts
@@ -75,6 +75,7 @@ class StageRole:
             dist.use_gpu,
         )
         self.add_special_tokens = not spec.data.prompts.chat_template
+        self._stand_in: list[Example] = []
         generation = spec.generation
         self.max_prompt, self.max_target = generation.max_prompt_length, generation.max_new_tokens
 
@@ -156,6 +157,7 @@ class StageRole:
     def train_step(self, examples: list[Example]) -> dict[str, float]:
         """One optimizer step: this worker's examples in micro batches, gradients accumulated."""
         self.engine.train()
+        self._stand_in = examples[:1]  # what an evaluation share without examples runs its passes on
         sums: dict[str, float] = defaultdict(float)
         micro = self.plan.micro_batch_size
         passes = 0
@@ -179,30 +181,33 @@ class StageRole:
         """The stage's loss and diagnostics over this worker's share of the held-out examples."""
         self.engine.eval()
         sums: dict[str, float] = defaultdict(float)
-        batches = 0
-        for a, b in even_ranges(len(examples), max(1, -(-len(examples) // self.plan.micro_batch_size))):
-            if a == b:
-                continue
+        micro = self.plan.micro_batch_size
+        shares = [(a, b) for a, b in even_ranges(len(examples), max(1, -(-len(examples) // micro))) if a < b]
+        for a, b in shares:
             _, metrics = self._loss(examples[a:b])
             for key, value in metrics.items():
                 sums[key] += float(value)
-            batches += 1
-        return _reduce(dict(sums), max(1, batches))
+        # ZeRO-3 ranks each make as many passes as the busiest (every pass gathers partitions).
+        for _ in range(self.engine.forward_passes(len(shares)) - len(shares)):
+            self._loss(examples[:1] or self._stand_in)
+        return _reduce(dict(sums), max(1, len(shares)))
 
     # ---------------------------------------------------------------- checkpoints
 
     def save_checkpoint(self, directory: str) -> None:
         self.engine.save(directory)
         save_rng(directory, self.dist.rank)
+        if self.dist.rank == 0:
+            save_ranks(directory, self.dist.world_size, self.engine.zero_stage)
 
-    def load_checkpoint(self, directory: str) -> None:
-        self.engine.load(directory)
+    def load_checkpoint(self, directory: str, universal: bool = False) -> None:
+        self.engine.load(directory, universal)
         load_rng(directory, self.dist.rank)
 
     def export_hf(self, directory: str) -> None:
         """The trained model in HF format with its tokenizer (rm: AutoModelForSequenceClassification,
         num_labels 1, what the reward role loads); rank 0 writes."""
-        state = self.engine.full_state_dict(to_cpu=True)
+        state = self.engine.full_state_dict(to_cpu=True, rank0_only=True)
         if self.dist.rank != 0:
             return
         os.makedirs(directory, exist_ok=True)
