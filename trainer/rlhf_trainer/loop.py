@@ -113,7 +113,7 @@ class RLLoop:
     # ---------------------------------------------------------------- run
 
     def run(self, start_step: int) -> LoopResult:
-        from .pipeline import RolloutPipeline
+        from .overlap import RolloutPipeline
 
         result = LoopResult(steps_run=0)
         pipeline = RolloutPipeline.for_loop(self, start_step)
