@@ -4,7 +4,7 @@ One step: generate n samples per prompt -> rewards -> reference log-probs, old l
 -> advantages (the estimator named by spec.algorithm.name) -> PPO epochs over micro batches
 (actor, and critic for ppo) -> weight sync to the rollout engines -> telemetry -> checkpoint.
 Each phase is timed as `timing/<phase>_s`. With spec.training.maxStaleness > 0 the next rollouts
-are generated while the actor trains (pipeline.RolloutPipeline); 0 runs the phases one after another.
+are generated while the actor trains (overlap.RolloutPipeline); 0 runs the phases one after another.
 """
 
 from __future__ import annotations
