@@ -5,6 +5,8 @@ cluster_build.py and e2e/README.md), no Docker, no kubelet: objects are real, po
 
     .venv/bin/python e2e/cluster.py build          # build/cache all binaries (KubeRay operator too)
     .venv/bin/python e2e/cluster.py up [--kuberay] # start (idempotent), install CRDs, write kubeconfig
+    .venv/bin/python e2e/cluster.py up --node      # + a real node, KubeRay, the operator's chart (root)
+    .venv/bin/python e2e/cluster.py images         # build the node's images (no registry, no Docker)
     .venv/bin/python e2e/cluster.py down           # stop what `up` started, remove its state
     .venv/bin/python e2e/cluster.py status         # exit 0 when up and ready
     eval "$(.venv/bin/python e2e/cluster.py env)"  # KUBECONFIG and PATH for the built kubectl/helm
@@ -466,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("RLHF_E2E_KUBERAY") == "1",
         help="also run the KubeRay operator (logs in .cache/e2e/logs/)",
     )
+    sub.add_parser("images", help="build the node's images (operator, trainer-cpu) on a debootstrap base")
     sub.add_parser("down", help="stop everything `up` started and remove its state")
     sub.add_parser("status", help="exit 0 when the control plane is up")
     sub.add_parser("env", help="print shell exports (KUBECONFIG, PATH)")
@@ -475,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
             cluster_build.build_all(BIN_DIR, kuberay=not args.no_kuberay, log=log)
         elif args.command == "up":
             up(kuberay=args.kuberay, with_node=args.node)
+        elif args.command == "images":
+            for name, archive in node_images.build_all(log=log).items():
+                print(f"{name}\t{archive}")
         elif args.command == "down":
             down()
         elif args.command == "status":
