@@ -33,6 +33,8 @@ node_cluster (session) -> node_workloads.NodeCluster
     node_name, operator_namespace, images ({"operator", "trainer-cpu", "pause"} -> image name);
     helm(*args) -> CompletedProcess; job_namespace(base) -> a fresh namespace with the demo claims
     rlhf-demo-data and rlhf-demo-checkpoints (as examples/tiny-grpo-cpu-cluster.yaml mounts).
+node_namespace (function) -> str
+    node_cluster.job_namespace(test name), deleted (without waiting) after the test.
 kuberay_operator (module) -> ControlPlane
     The same control plane with the KubeRay operator running for the test module (built on first
     use, a few minutes cold; log: .cache/e2e/logs/kuberay-operator.log), stopped after the module
@@ -140,6 +142,13 @@ def node_cluster(control_plane: ControlPlane, kubectl: Kubectl) -> node_workload
     if not cluster.read_state().get("node"):
         pytest.fail("the control plane runs without a node (started before this session): `cluster.py down`")
     return node_workloads.NodeCluster(control_plane=control_plane, kubectl=kubectl)
+
+
+@pytest.fixture
+def node_namespace(node_cluster: node_workloads.NodeCluster, request: pytest.FixtureRequest) -> str:
+    name = node_cluster.job_namespace(request.node.name)
+    yield name
+    node_cluster.kubectl.delete_namespace(name)
 
 
 @pytest.fixture(scope="session")

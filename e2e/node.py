@@ -3,11 +3,12 @@ private pod range, kubelet, kube-scheduler, kube-proxy and a CoreDNS that does n
 
 The node is machine-wide (fixed paths under /var/lib and /run, port 10250, iptables, a bridge,
 cgroups), so one runs at a time; `cluster.py up --node` starts it after the control plane and
-`cluster.py down` removes everything `network_up`/`start` added. What was added is recorded in
-RUN/state.json before it is added, so a crashed run is cleaned up by the next `down` or `up`.
+`cluster.py down` removes everything they added: pods through the kubelet first, then the
+processes by pid, leftover containers and shims, mounts, cgroups and paths (`Node.stop`), then
+the network (node_net.network_down).
 
-Network safety: the bridge, the drop rules (pods reach only the pod range and the node's bridge
-address) and the sysctls are in place before containerd starts, so before any pod can start.
+Network safety (node_net.py): the bridge, the drop rules (pods reach only the pod range and the
+node's bridge address) and the sysctls are in place before containerd starts, so before any pod.
 """
 
 from __future__ import annotations
