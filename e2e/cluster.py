@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cluster_build  # noqa: E402
 import cluster_pki  # noqa: E402
 import node  # noqa: E402
-import node_build  # noqa: E402
 import node_images  # noqa: E402
 import node_workloads  # noqa: E402
 from cluster_procs import ComponentProcesses  # noqa: E402
@@ -367,8 +366,7 @@ def up(*, kuberay: bool = False, started_by: str = "cli", with_node: bool = Fals
         archives: dict[str, Path] = {}
         if with_node:
             node.check_free(REPO)
-            node_build.build_node(BIN_DIR, log=log)
-            archives = node_images.build_all(log=log)
+            archives = node_images.prepare_node(BIN_DIR, log=log)
         crds = cluster_build.kuberay_crds_dir(log=log)
         if KUBERAY_CRDS.is_symlink() or KUBERAY_CRDS.exists():
             KUBERAY_CRDS.unlink()

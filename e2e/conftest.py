@@ -58,7 +58,6 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # import-mode independent
 import cluster  # noqa: E402
 import cluster_build  # noqa: E402
-import node_build  # noqa: E402
 import node_images  # noqa: E402
 import node_workloads  # noqa: E402
 from e2e_kube import ControlPlane, Kubectl  # noqa: E402
@@ -98,8 +97,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     kuberay = with_node or any("kuberay_operator" in getattr(i, "fixturenames", ()) for i in selected)
     cluster_build.build_all(cluster.BIN_DIR, kuberay=kuberay, log=log)
     if with_node:  # minutes cold (Go builds, debootstrap, pip in the image builds): before any timeout
-        node_build.build_node(cluster.BIN_DIR, log=log)
-        node_images.build_all(log=log)
+        node_images.prepare_node(cluster.BIN_DIR, log=log)
 
 
 @pytest.fixture(scope="session")

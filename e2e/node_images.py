@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cluster_build
@@ -167,6 +168,8 @@ def build(target: str, base: str, *, log=print) -> Path:
     dockerfile = DOCKERFILES[target]
     parts = [dockerfile.read_bytes(), base.encode(), image_name(target).encode()]
     for path in _context_files(dockerfile):
+        if path.name == "README.md":  # only the package's long description: not worth a rebuild
+            continue
         parts += [path.relative_to(REPO).as_posix().encode(), path.read_bytes()]
     archive = ARCHIVES / f"{target}-{_digest(*parts)}.oci.tar"
     if archive.exists():
@@ -236,6 +239,16 @@ def build_all(*, log=print) -> dict[str, Path]:
     for target in DOCKERFILES:
         archives[image_name(target)] = build(target, base, log=log)
     return archives
+
+
+def prepare_node(bin_dir: Path, *, log=print) -> dict[str, Path]:
+    """Everything the node needs built: the Debian packages first, then the Go builds (CPU-bound)
+    and the image builds (mostly downloads and disk) side by side. Returns build_all()'s archives."""
+    node_build.ensure_debian_packages(log=log)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        images = pool.submit(build_all, log=log)
+        node_build.build_node(bin_dir, log=log)
+        return images.result()
 
 
 def import_into_node(archives: dict[str, Path], *, log=print) -> None:

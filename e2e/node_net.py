@@ -76,7 +76,7 @@ DROP_RULES = (
 )
 
 
-def _rule_args(rule: tuple[str, ...]) -> tuple[str, str, str, list[str]]:
+def rule_args(rule: tuple[str, ...]) -> tuple[str, str, str, list[str]]:
     tool, table, chain, *match = rule
     return tool, table, chain, [*match, "-m", "comment", "--comment", MARK, "-j", "DROP"]
 
@@ -114,7 +114,7 @@ def network_up(repo: Path) -> None:
         run("ip", "addr", "add", f"{NODE_IP}/24", "dev", BRIDGE)
     run("ip", "link", "set", BRIDGE, "up")
     for rule in DROP_RULES:
-        tool, table, chain, args = _rule_args(rule)
+        tool, table, chain, args = rule_args(rule)
         if run(tool, "-t", table, "-C", chain, *args, check=False).returncode != 0:
             run(tool, "-t", table, "-I", chain, "1", *args)
     _sysctl("net.bridge.bridge-nf-call-iptables", "1")  # kube-proxy's DNAT for pod-to-pod on the bridge
