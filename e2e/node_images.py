@@ -15,6 +15,8 @@ unchanged hash is not rebuilt, and containerd imports an archive only when it la
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import hashlib
 import os
@@ -232,12 +234,22 @@ def pause_archive(*, log=print) -> Path:
     return archive
 
 
+@contextlib.contextmanager
+def _build_lock():
+    """One image build at a time on this machine (two sessions, or a session and `make images`)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".images.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build_all(*, log=print) -> dict[str, Path]:
     """name -> OCI archive for every image the node runs."""
-    base = base_image(log=log)
-    archives = {node.SANDBOX_IMAGE: pause_archive(log=log)}
-    for target in DOCKERFILES:
-        archives[image_name(target)] = build(target, base, log=log)
+    with _build_lock():
+        base = base_image(log=log)
+        archives = {node.SANDBOX_IMAGE: pause_archive(log=log)}
+        for target in DOCKERFILES:
+            archives[image_name(target)] = build(target, base, log=log)
     return archives
 
 

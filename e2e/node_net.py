@@ -26,6 +26,9 @@ RUN = Path("/run/rlhf-e2e-node")
 STATE = RUN / "state.json"
 NETNS_DIR = Path("/run/netns")  # containerd 1.6 puts the pods' network namespaces here
 CONTAINER_LOG_LINKS = Path("/var/log/containers")  # kubelet's fixed symlink directory
+# Fixed paths the node's programs create whatever they are told: kubelet's device-plugin directory
+# and libcni's result cache. Removed by `network_down` when they did not exist before.
+FIXED_PATHS = (Path("/var/lib/kubelet"), Path("/var/lib/cni"))
 MARK = "rlhf-e2e-node"  # the comment on every iptables rule set-up adds
 TABLES = ("filter", "nat", "mangle", "raw")
 
@@ -106,6 +109,7 @@ def network_up(repo: Path) -> None:
             "bridge_nf": _sysctl("net.bridge.bridge-nf-call-iptables"),
             "netns": sorted(p.name for p in NETNS_DIR.glob("*")) if NETNS_DIR.is_dir() else None,
             "log_links_existed": CONTAINER_LOG_LINKS.is_dir(),
+            "fixed_paths_existed": {str(path): path.exists() for path in FIXED_PATHS},
         }
         _write_state(state)
     if run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
@@ -170,4 +174,9 @@ def network_down() -> None:
         for link in CONTAINER_LOG_LINKS.glob("*.log"):
             if link.is_symlink() and str(os.readlink(link)).startswith(str(ROOT)):
                 link.unlink()
+    for path, existed in state.get("fixed_paths_existed", {}).items():
+        if not existed:
+            run("rm", "-rf", path)
+    for result in Path("/var/lib/cni/results").glob("rlhf-e2e-*"):  # our network's, when it existed
+        result.unlink()
     run("rm", "-rf", str(RUN))
