@@ -340,6 +340,13 @@ def _start_node(state: dict, archives: dict[str, Path]) -> None:
     log(f"node {node.NODE_NAME} Ready in {time.monotonic() - started:.1f}s")
 
 
+def _install_workloads(archives: dict[str, Path]) -> None:
+    node_images.import_into_node(archives, log=log)
+    node_workloads.seed_demo_volumes(kubectl, "default")
+    node_workloads.install_operator(BIN_DIR, KUBECONFIG, archives)
+    log(f"RLHF operator installed by helm/rlhf-operator in {node_workloads.OPERATOR_NAMESPACE}")
+
+
 def up(*, kuberay: bool = False, started_by: str = "cli", with_node: bool = False) -> dict:
     """Start the control plane unless it is up; return its state (server URL, ports, ...).
     with_node: also a real node (e2e/node.py) and, with it, the KubeRay operator."""
@@ -359,6 +366,8 @@ def up(*, kuberay: bool = False, started_by: str = "cli", with_node: bool = Fals
             state = read_state()
             if kuberay and not _alive("kuberay-operator"):
                 _start_kuberay(state)
+            if with_node:  # images rebuilt since (a source change): import them, roll the operator
+                _install_workloads(node_images.prepare_node(BIN_DIR, log=log))
             log(f"already up at {state['server']} ({time.monotonic() - started:.1f}s)")
             return state
         _stop_all()  # leftovers of a crashed or half-started run
@@ -382,9 +391,7 @@ def up(*, kuberay: bool = False, started_by: str = "cli", with_node: bool = Fals
             if kuberay:
                 _start_kuberay(state)
             if with_node:
-                node_workloads.seed_demo_volumes(kubectl, "default")
-                node_workloads.install_operator(BIN_DIR, KUBECONFIG)
-                log(f"RLHF operator installed by helm/rlhf-operator in {node_workloads.OPERATOR_NAMESPACE}")
+                _install_workloads(archives)
         except BaseException:
             _stop_all()
             raise

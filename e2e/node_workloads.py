@@ -41,8 +41,13 @@ def helm_values() -> list[str]:
     ]
 
 
-def install_operator(bin_dir: Path, kubeconfig: Path, *, extra: tuple[str, ...] = ()) -> None:
-    """`helm upgrade --install` of the chart in rlhf-system; waits for the operator's Deployment."""
+def install_operator(
+    bin_dir: Path, kubeconfig: Path, archives: dict[str, Path], *, extra: tuple[str, ...] = ()
+) -> None:
+    """`helm upgrade --install` of the chart in rlhf-system; waits for the operator's Deployment.
+    The operator image's archive name (a hash of its inputs) is a pod annotation, so a rebuilt
+    image under the same tag rolls the Deployment."""
+    archive = archives[node_images.image_name("operator")].name
     cmd = [
         str(bin_dir / "helm"),
         f"--kubeconfig={kubeconfig}",
@@ -55,6 +60,7 @@ def install_operator(bin_dir: Path, kubeconfig: Path, *, extra: tuple[str, ...] 
         "--wait",
         "--timeout=300s",
         *helm_values(),
+        f"--set-string=podAnnotations.rlhf\\.io/image-build={archive.split('.')[0]}",
         *extra,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
