@@ -12,7 +12,7 @@ import pytest
 from e2e_kube import eventually
 from node_jobs import owned, status_of, tiny_job, watch
 from node_monitoring import node_prometheus
-from node_workloads import OPERATOR_NAMESPACE, RELEASE, NodeCluster
+from node_workloads import NodeCluster
 from prometheus_server import finite_values
 
 pytestmark = pytest.mark.timeout(900)
@@ -39,17 +39,20 @@ def test_prometheus_scrapes_trainer_and_operator_pods_and_delete_removes_the_run
     kubectl.apply(tiny_job(name, steps=5000, every=5000), namespace=node_namespace)
     watch(kubectl, node_namespace, name, lambda s: (s.get("progress") or {}).get("step", 0) >= 1, timeout=600)
 
-    prometheus = node_prometheus(
-        tmp_path / "prometheus", node_cluster.control_plane, RELEASE, OPERATOR_NAMESPACE
-    )
+    prometheus, discovery = node_prometheus(tmp_path / "prometheus", node_cluster.control_plane, kubectl)
     prometheus.start()
+
+    def answer(expr: str) -> list[float]:
+        discovery.refresh()
+        return finite_values(prometheus.query(expr))
+
     try:
         reward = dashboard_expr("rlhf_reward_mean", node_namespace, name)
-        samples = eventually(lambda: finite_values(prometheus.query(reward)), 120, f"{reward} to return data")
+        samples = eventually(lambda: answer(reward), 120, f"{reward} to return data", interval=1)
         assert 0.0 <= samples[0] <= 1.0, samples
         # The operator's own series (ServiceMonitor: its labels honoured) name the job too.
         step = dashboard_expr("rlhf_job_step", node_namespace, name)
-        eventually(lambda: finite_values(prometheus.query(step)), 60, f"{step} to return data")
+        eventually(lambda: answer(step), 60, f"{step} to return data", interval=1)
         targets = prometheus.api("targets")["activeTargets"]
         pods = {t["labels"].get("pod", "") for t in targets if t["health"] == "up"}
         assert any(p.startswith("rlhf-rlhf-operator-") for p in pods), targets
