@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -296,8 +297,6 @@ conntrack: {{maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeo
 
 
 def _http_ok(url: str) -> bool:
-    import urllib.request
-
     with urllib.request.urlopen(url, timeout=2) as resp:
         return resp.status == 200
 
