@@ -80,3 +80,18 @@ def test_a_killed_head_pod_resumes_from_the_latest_checkpoint(
     assert new and min(new) >= checkpoint, (checkpoint, step_at_kill, reported)
     assert final["progress"]["step"] == steps
     assert final["latestCheckpoint"]["step"] == steps
+
+
+def test_a_bad_reward_function_fails_the_job_once_without_retries(
+    node_cluster: NodeCluster, node_namespace: str
+) -> None:
+    kubectl, name = node_cluster.kubectl, "bad-reward"
+    job = tiny_job(name, steps=40, every=20)
+    job["spec"]["models"]["reward"] = [{"function": "rlhf_trainer.demo.task:no_such_reward", "weight": 1.0}]
+    kubectl.apply(job, namespace=node_namespace)
+    final = watch(kubectl, node_namespace, name, lambda s: False, timeout=600)[-1]
+    assert final.get("phase") == "Failed", final
+    assert final.get("attempt", 0) == 0, final
+    assert "spec.models.reward[0].function" in final.get("message", ""), final
+    rayjobs = kubectl("get", "rayjobs", "-o", "name", namespace=node_namespace).stdout.split()
+    assert rayjobs == [f"rayjob.ray.io/{name}-a0"], rayjobs
