@@ -50,13 +50,18 @@ $(PROMETHEUS):
 
 # The e2e tests bring the control plane up themselves (e2e/conftest.py -> e2e/cluster.py), building
 # kube-apiserver, kube-controller-manager, etcd, kubectl, helm and KubeRay once per version.
+# The node tests (marked `node`: a real kubelet, containerd, the operator's chart) run in a pytest
+# session of their own, which brings the control plane up with the node (root; see docs/cluster.md).
 test: $(INSTALLED) $(VLLM_INSTALLED) $(PROMETHEUS) lint-check
-	$(PY) -m pytest -q tests e2e
+	$(PY) -m pytest -q tests e2e -m "not node"
+	$(PY) -m pytest -q e2e -m node
 
 # A local control plane (no kubelet: objects are real, pods never run). The script needs only the
 # standard library; `make cluster-up` builds the binaries on first use (see e2e/README.md).
-cluster-up:
-	$(CLUSTER) up
+# NODE=1: also a real node (containerd, kubelet, CNI, CoreDNS), KubeRay, the operator installed by
+# helm/rlhf-operator with the local images, and the demo volumes of examples/tiny-grpo-cpu-cluster.yaml.
+cluster-up: $(if $(filter 1,$(NODE)),$(INSTALLED))
+	$(CLUSTER) up $(if $(filter 1,$(NODE)),--node)
 
 cluster-down:
 	$(CLUSTER) down
@@ -79,6 +84,7 @@ bench: $(INSTALLED) $(VLLM_INSTALLED)
 	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e '.[trainer,dev,bench]'
 	$(PY) bench/run.py --update-readme
 
-# Needs a Docker engine; images/build.sh says so plainly where there is none.
+# Docker if an engine is reachable, else buildah (images/build.sh); LOCAL=1 builds the operator and
+# CPU trainer images on a debootstrap base with no registry at all (what `cluster-up NODE=1` imports).
 images:
-	images/build.sh all
+	$(if $(filter 1,$(LOCAL)),$(CLUSTER) images,images/build.sh all)

@@ -5,6 +5,8 @@ cluster_build.py and e2e/README.md), no Docker, no kubelet: objects are real, po
 
     .venv/bin/python e2e/cluster.py build          # build/cache all binaries (KubeRay operator too)
     .venv/bin/python e2e/cluster.py up [--kuberay] # start (idempotent), install CRDs, write kubeconfig
+    .venv/bin/python e2e/cluster.py up --node      # + a real node, KubeRay, the operator's chart (root)
+    .venv/bin/python e2e/cluster.py images         # build the node's images (no registry, no Docker)
     .venv/bin/python e2e/cluster.py down           # stop what `up` started, remove its state
     .venv/bin/python e2e/cluster.py status         # exit 0 when up and ready
     eval "$(.venv/bin/python e2e/cluster.py env)"  # KUBECONFIG and PATH for the built kubectl/helm
@@ -35,6 +37,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cluster_build  # noqa: E402
 import cluster_pki  # noqa: E402
+import node  # noqa: E402
+import node_images  # noqa: E402
+import node_workloads  # noqa: E402
 from cluster_procs import ComponentProcesses  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,6 +171,16 @@ def _start_kuberay(state: dict) -> None:
     cluster_build.link_binaries(cluster_build.ensure_built(cluster_build.KUBERAY, log=log), BIN_DIR)
     probe = _free_port()
     env = {**os.environ, "KUBECONFIG": str(KUBECONFIG)}
+    wrapper: tuple[str, ...] = ()
+    if state.get("node"):
+        # KubeRay dials each head's dashboard by its Service's DNS name: in a mount namespace of
+        # its own, its /etc/resolv.conf names the cluster DNS (the machine's stays untouched).
+        resolv = RUN_DIR / "kuberay-resolv.conf"
+        resolv.write_text(
+            f"nameserver {node.DNS_IP}\nsearch svc.cluster.local cluster.local\noptions ndots:5\n"
+        )
+        script = f'mount --bind {resolv} /etc/resolv.conf && exec "$@"'
+        wrapper = ("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh")
     _start(
         "kuberay-operator",
         [
@@ -175,6 +190,7 @@ def _start_kuberay(state: dict) -> None:
             "--log-stdout-encoder=console",
         ],
         env=env,
+        wrapper=wrapper,
     )
     _wait("kuberay-operator", lambda: _http_ok(f"http://127.0.0.1:{probe}/readyz"), 120)
     state["kuberay"] = True
@@ -206,25 +222,38 @@ def _etcd_args(ports: dict[str, int]) -> list[str]:
     ]
 
 
-def _apiserver_args(ports: dict[str, int]) -> list[str]:
+def _apiserver_args(ports: dict[str, int], with_node: bool) -> list[str]:
     pki = PKI_DIR
+    if with_node:
+        # On the node's bridge address: pods reach it through the `kubernetes` Service, whose
+        # endpoint the API server now maintains itself; kubelet serves on that address too.
+        address, node_args = (
+            node.NODE_IP,
+            [
+                "--authorization-mode=Node,RBAC",
+                f"--kubelet-client-certificate={pki / 'admin.crt'}",
+                f"--kubelet-client-key={pki / 'admin.key'}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ],
+        )
+    else:
+        # No kubelet or node network: the `kubernetes` Service's endpoints would point at loopback,
+        # which validation rejects; nothing here dials it.
+        address, node_args = "127.0.0.1", ["--authorization-mode=RBAC", "--endpoint-reconciler-type=none"]
     return [
         f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        f"--bind-address={address}",
+        f"--advertise-address={address}",
         f"--secure-port={ports['apiserver']}",
         f"--cert-dir={RUN_DIR / 'apiserver'}",
         f"--tls-cert-file={pki / 'apiserver.crt'}",
         f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
-        "--authorization-mode=RBAC",
+        *node_args,
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
         f"--service-account-issuer={SA_ISSUER}",
-        "--service-cluster-ip-range=10.0.0.0/24",
-        # No kubelet or node network: the `kubernetes` Service's endpoints would point at loopback,
-        # which validation rejects; nothing here dials it.
-        "--endpoint-reconciler-type=none",
+        f"--service-cluster-ip-range={node.SERVICE_CIDR}",
         "--profiling=false",
     ]
 
@@ -250,7 +279,7 @@ def _controller_manager_args(ports: dict[str, int], kubeconfig: Path) -> list[st
     ]
 
 
-def _start_components(started_by: str) -> dict:
+def _start_components(started_by: str, with_node: bool = False) -> dict:
     """etcd -> kube-apiserver -> kube-controller-manager, CRDs; timings of each phase in the log."""
     timings: dict[str, float] = {}
     mark = time.monotonic()
@@ -263,12 +292,12 @@ def _start_components(started_by: str) -> dict:
     cluster_pki.generate(PKI_DIR)
     phase("pki")
     ports = {n: _free_port() for n in ("etcd", "etcd_peer", "apiserver", "controller_manager")}
-    server = f"https://127.0.0.1:{ports['apiserver']}"
+    server = f"https://{node.NODE_IP if with_node else '127.0.0.1'}:{ports['apiserver']}"
     _start("etcd", _etcd_args(ports))
     etcd_health = f"http://127.0.0.1:{ports['etcd']}/health"
     _wait("etcd", lambda: b'"true"' in urllib.request.urlopen(etcd_health, timeout=2).read(), 60)
     phase("etcd")
-    _start("kube-apiserver", _apiserver_args(ports))
+    _start("kube-apiserver", _apiserver_args(ports, with_node))
     _wait("kube-apiserver", lambda: _https_ok(f"{server}/readyz", client_cert=True), 120)
     phase("kube-apiserver")
     KUBECONFIG.write_text(_kubeconfig_text(server, "admin", "admin.crt", "admin.key"))
@@ -290,16 +319,44 @@ def _start_components(started_by: str) -> dict:
         "ports": ports,
         "started_by": started_by,
         "kuberay": False,
+        "node": with_node,
         "kubeconfig": str(KUBECONFIG),
         "bin_dir": str(BIN_DIR),
         "started_at": time.time(),
     }
 
 
-def up(*, kuberay: bool = False, started_by: str = "cli") -> dict:
-    """Start the control plane unless it is up; return its state (server URL, ports, ...)."""
+def _node() -> node.Node:
+    return node.Node(BIN_DIR, LOG_DIR, PKI_DIR, _kubeconfig_text)
+
+
+def _start_node(state: dict, archives: dict[str, Path]) -> None:
+    """containerd, the images, then kubelet, kube-proxy, CoreDNS and kube-scheduler (node.py)."""
     started = time.monotonic()
+    the_node = _node()
+    the_node.start_runtime(state["server"])
+    node_images.import_into_node(archives, log=log)
+    the_node.start_kube(kubectl, _free_port)
+    log(f"node {node.NODE_NAME} Ready in {time.monotonic() - started:.1f}s")
+
+
+def _install_workloads(archives: dict[str, Path]) -> None:
+    node_images.import_into_node(archives, log=log)
+    node_workloads.seed_demo_volumes(kubectl, "default")
+    node_workloads.install_operator(BIN_DIR, KUBECONFIG, archives)
+    log(f"RLHF operator installed by helm/rlhf-operator in {node_workloads.OPERATOR_NAMESPACE}")
+
+
+def up(*, kuberay: bool = False, started_by: str = "cli", with_node: bool = False) -> dict:
+    """Start the control plane unless it is up; return its state (server URL, ports, ...).
+    with_node: also a real node (e2e/node.py) and, with it, the KubeRay operator."""
+    started = time.monotonic()
+    kuberay = kuberay or with_node
     with _locked():
+        if _components_alive() and with_node and not read_state().get("node"):
+            raise RuntimeError(
+                "the control plane runs without a node: `cluster.py down` first, then `up --node`"
+            )
         if _components_alive():
             # Never restart live components: another session may be using them.
             if not is_up(wait=90):
@@ -309,20 +366,32 @@ def up(*, kuberay: bool = False, started_by: str = "cli") -> dict:
             state = read_state()
             if kuberay and not _alive("kuberay-operator"):
                 _start_kuberay(state)
+            if with_node:  # images rebuilt since (a source change): import them, roll the operator
+                _install_workloads(node_images.prepare_node(BIN_DIR, log=log))
             log(f"already up at {state['server']} ({time.monotonic() - started:.1f}s)")
             return state
         _stop_all()  # leftovers of a crashed or half-started run
         cluster_build.link_binaries(cluster_build.ensure_built(cluster_build.KUBE, log=log), BIN_DIR)
+        archives: dict[str, Path] = {}
+        if with_node:
+            node.check_free(REPO)
+            archives = node_images.prepare_node(BIN_DIR, log=log)
         crds = cluster_build.kuberay_crds_dir(log=log)
         if KUBERAY_CRDS.is_symlink() or KUBERAY_CRDS.exists():
             KUBERAY_CRDS.unlink()
         KUBERAY_CRDS.symlink_to(crds)
         t_binaries = time.monotonic() - started
         try:
-            state = _start_components(started_by)
+            if with_node:
+                node.network_up(REPO)  # the drop rules before anything that could start a pod
+            state = _start_components(started_by, with_node)
             STATE_FILE.write_text(json.dumps(state, indent=2))
+            if with_node:
+                _start_node(state, archives)
             if kuberay:
                 _start_kuberay(state)
+            if with_node:
+                _install_workloads(archives)
         except BaseException:
             _stop_all()
             raise
@@ -332,8 +401,13 @@ def up(*, kuberay: bool = False, started_by: str = "cli") -> dict:
 
 
 def _stop_all() -> None:
+    _stop("kuberay-operator")
+    if node.owned_by(REPO):
+        _node().stop(kubectl if _alive("kube-apiserver") else None)
     for name in reversed(COMPONENTS):
         _stop(name)
+    if node.owned_by(REPO):
+        node.network_down()
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     for path in (STATE_FILE, KUBECONFIG):
         path.unlink(missing_ok=True)
@@ -341,6 +415,7 @@ def _stop_all() -> None:
 
 def _down_unlocked() -> list[str]:
     running = [n for n in COMPONENTS if _alive(n)]
+    running += [n for n in node.COMPONENTS if node.owned_by(REPO) and _node().procs.alive(n)]
     _stop_all()
     shutil.rmtree(LEASE_DIR, ignore_errors=True)
     return running
@@ -387,11 +462,18 @@ def main(argv: list[str] | None = None) -> int:
     build_p.add_argument("--no-kuberay", action="store_true", help="skip the KubeRay operator binary")
     up_p = sub.add_parser("up", help="start the control plane (idempotent)")
     up_p.add_argument(
+        "--node",
+        action="store_true",
+        default=os.environ.get("RLHF_E2E_NODE") == "1",
+        help="also a real node (containerd, kubelet, CNI, CoreDNS; needs root) and the KubeRay operator",
+    )
+    up_p.add_argument(
         "--kuberay",
         action="store_true",
         default=os.environ.get("RLHF_E2E_KUBERAY") == "1",
         help="also run the KubeRay operator (logs in .cache/e2e/logs/)",
     )
+    sub.add_parser("images", help="build the node's images (operator, trainer-cpu) on a debootstrap base")
     sub.add_parser("down", help="stop everything `up` started and remove its state")
     sub.add_parser("status", help="exit 0 when the control plane is up")
     sub.add_parser("env", help="print shell exports (KUBECONFIG, PATH)")
@@ -400,7 +482,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             cluster_build.build_all(BIN_DIR, kuberay=not args.no_kuberay, log=log)
         elif args.command == "up":
-            up(kuberay=args.kuberay)
+            up(kuberay=args.kuberay, with_node=args.node)
+        elif args.command == "images":
+            for name, archive in node_images.build_all(log=log).items():
+                print(f"{name}\t{archive}")
         elif args.command == "down":
             down()
         elif args.command == "status":

@@ -19,6 +19,7 @@ CA_DAYS = "3650"
 APISERVER_SANS = (
     "IP:127.0.0.1",
     "DNS:localhost",
+    "IP:10.244.0.1",  # the node's bridge: the API server's address when a node runs (e2e/node.py)
     "IP:10.0.0.1",
     "DNS:kubernetes",
     "DNS:kubernetes.default",
@@ -72,6 +73,9 @@ def _client_cert(name: str, subject: str, cwd: Path) -> None:
         "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
         cwd,
     )
+
+
+client_cert = _client_cert  # e2e/node.py: the node components' identities
 
 
 def generate(pki_dir: Path) -> None:

@@ -40,7 +40,10 @@ class ComponentProcesses:
             return False
         return state != "Z" and Path(exe).name == self.binary(name).name
 
-    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+    def start(
+        self, name: str, args: list[str], env: dict[str, str] | None = None, wrapper: tuple[str, ...] = ()
+    ) -> None:
+        """wrapper: a command that execs the binary in the end (the pid stays the component's)."""
         binary = self.binary(name)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.pid_dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +52,7 @@ class ComponentProcesses:
             out.flush()
             # Own session: the component outlives this script and ignores the terminal's Ctrl-C.
             proc = subprocess.Popen(
-                [str(binary), *args],
+                [*wrapper, str(binary), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -57,6 +60,9 @@ class ComponentProcesses:
                 env=env,
             )
         (self.pid_dir / f"{name}.pid").write_text(str(proc.pid))
+        deadline = time.monotonic() + 10
+        while wrapper and not self.alive(name) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the wrapper has exec'd the binary (alive() checks its name)
 
     def stop(self, name: str, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL after `timeout`; removes the pid file."""

@@ -24,6 +24,17 @@ namespace (function) -> str
 make_sa_kubeconfig (function) -> callable(namespace, service_account, *, create=True) -> Path
     A kubeconfig that authenticates as the service account with a TokenRequest token (kubectl
     create token); creates the ServiceAccount unless create=False. RBAC applies to it.
+node_cluster (session) -> node_workloads.NodeCluster
+    A real node (e2e/node.py: containerd, kubelet, CNI bridge, kube-proxy, CoreDNS, kube-scheduler),
+    the KubeRay operator and the RLHF operator installed by helm/rlhf-operator with the local images
+    (node_images.py). Needs root. When a selected test uses it, the whole session's control plane
+    is started with the node (`cluster.py up --node`), and its tests are marked `node`; `make test`
+    runs them in a pytest run of their own (`-m node`). Attributes: control_plane, kubectl,
+    node_name, operator_namespace, images ({"operator", "trainer-cpu", "pause"} -> image name);
+    helm(*args) -> CompletedProcess; job_namespace(base) -> a fresh namespace with the demo claims
+    rlhf-demo-data and rlhf-demo-checkpoints (as examples/tiny-grpo-cpu-cluster.yaml mounts).
+node_namespace (function) -> str
+    node_cluster.job_namespace(test name), deleted (without waiting) after the test.
 kuberay_operator (module) -> ControlPlane
     The same control plane with the KubeRay operator running for the test module (built on first
     use, a few minutes cold; log: .cache/e2e/logs/kuberay-operator.log), stopped after the module
@@ -47,9 +58,16 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # import-mode independent
 import cluster  # noqa: E402
 import cluster_build  # noqa: E402
+import node_images  # noqa: E402
+import node_workloads  # noqa: E402
 from e2e_kube import ControlPlane, Kubectl  # noqa: E402
 
 E2E_DIR = Path(__file__).resolve().parent
+WITH_NODE = pytest.StashKey[bool]()
+
+
+def _uses_node(item: pytest.Item) -> bool:
+    return "node_cluster" in getattr(item, "fixturenames", ())
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects on the marker
@@ -57,6 +75,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if E2E_DIR in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.e2e)
+        if _uses_node(item):
+            item.add_marker(pytest.mark.node)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -72,20 +92,24 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if reporter is not None:
             reporter.write_line(f"[e2e] {msg}")
 
-    kuberay = any("kuberay_operator" in getattr(i, "fixturenames", ()) for i in selected)
+    with_node = any(_uses_node(i) for i in selected)
+    session.config.stash[WITH_NODE] = with_node
+    kuberay = with_node or any("kuberay_operator" in getattr(i, "fixturenames", ()) for i in selected)
     cluster_build.build_all(cluster.BIN_DIR, kuberay=kuberay, log=log)
     if any("kueue" in getattr(i, "fixturenames", ()) for i in selected):
         import kueue  # the Kueue controller (e2e/test_kueue.py): a long build when cold
 
         kueue.ensure_kueue(log=log)
+    if with_node:  # minutes cold (Go builds, debootstrap, pip in the image builds): before any timeout
+        node_images.prepare_node(cluster.BIN_DIR, log=log)
 
 
 @pytest.fixture(scope="session")
-def control_plane() -> ControlPlane:
+def control_plane(request: pytest.FixtureRequest) -> ControlPlane:
     holder = os.getpid()
     cluster.add_lease(holder)
     try:
-        state = cluster.up(started_by="pytest")
+        state = cluster.up(started_by="pytest", with_node=request.config.stash.get(WITH_NODE, False))
     except BaseException:
         cluster.leave(holder)
         raise
@@ -113,6 +137,20 @@ def kuberay_operator(control_plane: ControlPlane) -> ControlPlane:
     yield control_plane
     if not was_running:  # the next module sees the cluster as it was: no controller acting on ray.io
         cluster.stop_kuberay()
+
+
+@pytest.fixture(scope="session")
+def node_cluster(control_plane: ControlPlane, kubectl: Kubectl) -> node_workloads.NodeCluster:
+    if not cluster.read_state().get("node"):
+        pytest.fail("the control plane runs without a node (started before this session): `cluster.py down`")
+    return node_workloads.NodeCluster(control_plane=control_plane, kubectl=kubectl)
+
+
+@pytest.fixture
+def node_namespace(node_cluster: node_workloads.NodeCluster, request: pytest.FixtureRequest) -> str:
+    name = node_cluster.job_namespace(request.node.name)
+    yield name
+    node_cluster.kubectl.delete_namespace(name)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -137,20 +138,48 @@ def test_trainer_pins_are_exact_and_agree_with_pyproject() -> None:
             assert req.specifier.contains(pins[req.name]), f"{req} vs pin {pins[req.name]}"
 
 
-def test_build_script_says_clearly_when_no_docker_engine_is_reachable(tmp_path: Path) -> None:
+def _tools_without_buildah(tmp_path: Path) -> Path:
+    """A PATH directory with what build.sh needs besides the builders (so no buildah either)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sed", "head", "dirname", "bash", "env"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    return bin_dir
+
+
+def test_build_script_says_clearly_when_no_builder_is_there(tmp_path: Path) -> None:
     fake = tmp_path / "docker"
     fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon at unix:///x.sock.' >&2\nexit 1\n")
     fake.chmod(0o755)
     proc = subprocess.run(
-        [str(IMAGES / "build.sh")],
+        ["bash", str(IMAGES / "build.sh")],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", "DOCKER": str(fake)},
+        env={"PATH": str(_tools_without_buildah(tmp_path)), "DOCKER": str(fake)},
         timeout=30,
     )
     assert proc.returncode == 1
-    assert "no Docker engine is reachable" in proc.stderr
-    assert "Cannot connect to the Docker daemon" in proc.stderr
+    assert "neither a reachable Docker engine" in proc.stderr and "nor buildah" in proc.stderr
+
+
+def test_build_script_builds_with_buildah_without_a_docker_engine(tmp_path: Path) -> None:
+    log = tmp_path / "calls"
+    bin_dir = _tools_without_buildah(tmp_path)
+    (bin_dir / "buildah").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    (bin_dir / "buildah").chmod(0o755)
+    proc = subprocess.run(
+        ["bash", str(IMAGES / "build.sh"), "trainer-cpu"],
+        capture_output=True,
+        text=True,
+        env={"PATH": str(bin_dir), "DOCKER": str(tmp_path / "no-docker"), "REGISTRY": "reg.example/rlhf"},
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    version = pyproject()["project"]["version"]
+    assert log.read_text().splitlines() == [
+        "bud --layers --network host --ignorefile images/trainer/Dockerfile.cpu.dockerignore "
+        f"-f images/trainer/Dockerfile.cpu -t reg.example/rlhf/trainer-cpu:{version} ."
+    ]
 
 
 def test_build_script_tags_images_with_the_package_version(tmp_path: Path) -> None:
@@ -171,6 +200,19 @@ def test_build_script_tags_images_with_the_package_version(tmp_path: Path) -> No
     assert calls[0] == "info"
     assert calls[1] == f"build -f images/operator/Dockerfile -t reg.example/rlhf/operator:{version} ."
     assert calls[2] == f"build -f images/trainer/Dockerfile -t reg.example/rlhf/trainer:{version} ."
+    assert calls[3] == f"build -f images/trainer/Dockerfile.cpu -t reg.example/rlhf/trainer-cpu:{version} ."
+
+
+def test_the_cpu_trainer_image_has_the_gpu_images_layout_user_and_settings() -> None:
+    gpu, cpu = (instructions(IMAGES / "trainer" / name) for name in ("Dockerfile", "Dockerfile.cpu"))
+    for word in ("USER", "WORKDIR"):
+        assert [r for w, r in gpu if w == word][-1] == [r for w, r in cpu if w == word][-1]
+    env = " ".join(rest for word, rest in cpu if word == "ENV")
+    for setting in ("VIRTUAL_ENV=/opt/venv", "PATH=/opt/venv/bin:$PATH", "RAY_USAGE_STATS_ENABLED=0"):
+        assert setting in env
+    assert "rlhf train --help" in " ".join(rest for word, rest in cpu if word == "RUN")
+    installs = " ".join(rest for word, rest in cpu if word == "RUN" and "pip install" in rest)
+    assert '".[trainer]"' in installs and "vllm" not in installs
 
 
 def test_trainer_image_user_is_the_uid_and_gid_the_operator_runs_pods_as() -> None:
