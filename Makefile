@@ -52,8 +52,14 @@ $(PROMETHEUS):
 # kube-apiserver, kube-controller-manager, etcd, kubectl, helm and KubeRay once per version.
 # The node tests (marked `node`: a real kubelet, containerd, the operator's chart) run in a pytest
 # session of their own, which brings the control plane up with the node (root; see docs/cluster.md).
+# What the node needs (Debian packages, Go builds, the images: mostly downloads) is built in the
+# background, at low priority, while the first session runs; the node session reuses it.
 test: $(INSTALLED) $(VLLM_INSTALLED) $(PROMETHEUS) lint-check
-	$(PY) -m pytest -q tests e2e -m "not node"
+	@mkdir -p .cache
+	nice -n 15 $(PY) e2e/cluster.py prebuild > .cache/node-prebuild.log 2>&1 & prebuild=$$!; \
+	$(PY) -m pytest -q tests e2e -m "not node"; status=$$?; \
+	wait $$prebuild || echo "node prebuild failed (.cache/node-prebuild.log); the node session builds again"; \
+	exit $$status
 	$(PY) -m pytest -q e2e -m node
 
 # A local control plane (no kubelet: objects are real, pods never run). The script needs only the

@@ -474,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the KubeRay operator (logs in .cache/e2e/logs/)",
     )
     sub.add_parser("images", help="build the node's images (operator, trainer-cpu) on a debootstrap base")
+    sub.add_parser(
+        "prebuild",
+        help="build everything the node needs (Debian packages, Go binaries, images), start nothing",
+    )
     sub.add_parser("down", help="stop everything `up` started and remove its state")
     sub.add_parser("status", help="exit 0 when the control plane is up")
     sub.add_parser("env", help="print shell exports (KUBECONFIG, PATH)")
@@ -486,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "images":
             for name, archive in node_images.build_all(log=log).items():
                 print(f"{name}\t{archive}")
+        elif args.command == "prebuild":
+            node_images.prepare_node(BIN_DIR, log=log)
         elif args.command == "down":
             down()
         elif args.command == "status":
