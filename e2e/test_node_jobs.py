@@ -34,12 +34,16 @@ def test_a_tiny_job_succeeds_with_progress_metrics_and_checkpoints_from_its_pods
     kubectl, name, steps = node_cluster.kubectl, "tiny", 40
     kubectl.apply(tiny_job(name, steps=steps, every=20), namespace=node_namespace)
     table_rows: list[str] = []
+    submitter_jobs: set[str] = set()  # KubeRay's submitter Job, found by the job's labels
 
     def record_table(status: dict[str, Any]) -> bool:
         if status.get("phase") == "Running":
             table_rows.append(
                 kubectl("get", "rlhfjobs", name, "--no-headers", namespace=node_namespace).stdout
             )
+            selector = f"rlhf.io/job={name},rlhf.io/role=submitter"
+            found = kubectl("get", "jobs", "-l", selector, "-o", "name", namespace=node_namespace).stdout
+            submitter_jobs.update(found.split())
         return False
 
     seen = watch(kubectl, node_namespace, name, record_table, timeout=720)
@@ -51,6 +55,7 @@ def test_a_tiny_job_succeeds_with_progress_metrics_and_checkpoints_from_its_pods
     assert len(steps_seen) >= 2 and steps_seen[-1] == steps, steps_seen
     assert final["progress"]["step"] == steps and final["progress"]["totalSteps"] == steps
     assert any(f"/{steps}" in row for row in table_rows), table_rows
+    assert submitter_jobs, "KubeRay's submitter Job never carried the job's labels"
     assert any("reward" in key for key in final["metrics"]), final["metrics"]
     assert [c["step"] for c in final["checkpoints"]][-1] == steps
     assert final["latestCheckpoint"]["step"] == steps

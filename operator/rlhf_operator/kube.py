@@ -46,6 +46,7 @@ COLLECTIONS = {
     ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
     ("v1", "Event"): ("/api/v1", "events"),
     ("v1", "Pod"): ("/api/v1", "pods"),
+    ("batch/v1", "Job"): ("/apis/batch/v1", "jobs"),
     ("rbac.authorization.k8s.io/v1", "Role"): ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     (naming.RAY_API_VERSION, "RayJob"): (f"/apis/{naming.RAY_API_VERSION}", naming.RAYJOB_PLURAL),
@@ -212,6 +213,12 @@ class Kube:
         return self.request("get", self.collection("v1", "Pod", namespace), label_selector=selector).get(
             "items", []
         )
+
+    def label_batch_job(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+        """Merge `labels` into a batch Job's labels (KubeRay's submitter Job; KubeRay sets its own
+        labels and none of the RayJob's)."""
+        path = f"{self.collection('batch/v1', 'Job', namespace)}/{name}"
+        self.request("patch", path, body={"metadata": {"labels": labels}}, content_type=MERGE_PATCH)
 
     def list_events(self, namespace: str, involved_name: str) -> list[dict[str, Any]]:
         """Warning events about objects named `involved_name` (a RayJob and its submitter Job share

@@ -43,6 +43,7 @@ class Reconciler:
         self.metrics = metrics
         self.cache = decisions.RenderCache()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._labelled: set[tuple[str, str]] = set()  # (namespace, submitter Job) already labelled
 
     async def reconcile(self, namespace: str, name: str, handler: str) -> decisions.Plan | None:
         """Reconcile one job; the plan applied (None: nothing to do)."""
@@ -59,6 +60,9 @@ class Reconciler:
         if lock is not None and not lock.locked():
             del self._locks[(namespace, name)]
         self.metrics.forget_job(namespace, name)
+        self._labelled = {
+            (ns, job) for ns, job in self._labelled if ns != namespace or not job.startswith(name)
+        }
 
     def _reconcile(self, namespace: str, name: str) -> decisions.Plan | None:
         # The RayJobs before the job: the trainer records a checkpoint in the job's status before its
@@ -116,12 +120,39 @@ class Reconciler:
             return None, None
         namespace = meta["namespace"]
         pods = self.kube.list_pods(namespace, meta["name"], attempt)
+        self._label_submitter_job(namespace, pods)
         events: list[dict[str, Any]] = []
         if previous.get("phase") in (None, *startup.STARTING_PHASES):
             names = {current["metadata"]["name"], (current.get("status") or {}).get("rayClusterName")}
             for involved in sorted(n for n in names if n):
                 events += self.kube.list_events(namespace, involved)
         return current, startup.find_problem(pods, events)
+
+    def _label_submitter_job(self, namespace: str, pods: list[dict[str, Any]]) -> None:
+        """Give KubeRay's submitter Job the labels of its pod (rlhf.io/job, attempt, role), once:
+        `kubectl get jobs -l rlhf.io/job=NAME` then finds it as it finds the job's pods."""
+        for pod in pods:
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            if labels.get(naming.LABEL_ROLE) != "submitter":
+                continue
+            for owner in (pod.get("metadata") or {}).get("ownerReferences") or []:
+                key = (namespace, owner.get("name") or "")
+                if owner.get("kind") != "Job" or key in self._labelled:
+                    continue
+                wanted = {
+                    k: v
+                    for k, v in labels.items()
+                    if k.startswith("rlhf.io/") or k == naming.LABEL_MANAGED_BY
+                }
+                try:
+                    self.kube.label_batch_job(namespace, key[1], wanted)
+                except ApiException as exc:
+                    if exc.status != 404:  # gone already (a finished attempt's TTL)
+                        logger.warning(
+                            "%s/%s: could not label the submitter Job: %s", namespace, key[1], exc.reason
+                        )
+                    continue
+                self._labelled.add(key)
 
     def apply(self, body: dict[str, Any], plan: decisions.Plan) -> tuple[dict[str, Any], decisions.Plan]:
         """Carry out a plan; returns the job as last written and the plan that was applied (a

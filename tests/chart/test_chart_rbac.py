@@ -47,6 +47,8 @@ EXPECTED_JOB_RULES = {
     # list: the Warning events of a job's RayJob and RayCluster; pods: a job's pods that cannot
     # start (operator/rlhf_operator/startup.py).
     "/pods": {"get", "list", "watch"},
+    # patch: the job's labels on KubeRay's submitter Job (operator/rlhf_operator/reconciler.py).
+    "batch/jobs": {"patch"},
 }
 CLUSTER_READS = {
     "/namespaces": {"get", "list", "watch"},

@@ -106,6 +106,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# KubeRay's submitter Job carries only KubeRay's labels: the operator adds the job's (reconciler.py).
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["patch"]
 # RLHFPipeline: read and watched (kopf, resync), patched (kopf's progress annotations), its status
 # written; each stage's RLHFJob is created by the operator (owned by the pipeline).
 - apiGroups: ["rlhf.io"]
