@@ -119,12 +119,15 @@ def pods_summary(spec: RLHFJobSpec) -> str:
     from rlhf_operator.placement import plan_layout
 
     layout = plan_layout(spec)
-    if not layout.groups:
-        return "1 Ray head pod (CPU), no GPU worker pods"
-    groups = ", ".join(f"{g.replicas} pod(s) x {g.gpus_per_pod} nvidia.com/gpu" for g in layout.groups)
-    nodes = sum(g.replicas for g in layout.groups)
+    gpu_groups = [g for g in layout.groups if g.gpus_per_pod > 0]
+    cpu_pods = sum(g.replicas for g in layout.groups if g.gpus_per_pod == 0)
+    head = "1 Ray head pod (CPU)" + (f" + {cpu_pods} CPU rank pod(s)" if cpu_pods else "")
+    if not gpu_groups:
+        return f"{head}, no GPU worker pods"
+    groups = ", ".join(f"{g.replicas} pod(s) x {g.gpus_per_pod} nvidia.com/gpu" for g in gpu_groups)
+    nodes = sum(g.replicas for g in gpu_groups)
     return (
-        f"1 Ray head pod (CPU) + {groups} = {layout.total_gpus} GPUs on at least {nodes} GPU node(s) "
+        f"{head} + {groups} = {layout.total_gpus} GPUs on at least {nodes} GPU node(s) "
         "(`rlhf render --layout` for each role)"
     )
 

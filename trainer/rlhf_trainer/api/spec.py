@@ -74,6 +74,17 @@ _FIXED_DIRS_CEL = "[" + ", ".join(f"'{d}'" for d in _FIXED_DIRS) + "]"
 _FIXED_TREES_CEL = "[" + ", ".join(f"'{d}'" for d in _FIXED_TREES) + "]"
 
 
+def _ranks_cel(role: str) -> str:
+    """CEL: the data-parallel workers of spec.models.<role> (its gpus, or cpuRanks on CPU; RoleSpec.ranks)."""
+    ranks = f"(has(self.models.{role}.cpuRanks) ? self.models.{role}.cpuRanks : 1)"
+    return f"(self.models.{role}.gpus == 0 ? {ranks} : self.models.{role}.gpus)"
+
+
+def _on_head_cel(role: str) -> str:
+    """CEL: spec.models.<role> runs on the Ray head (CPU, one rank; RoleSpec.on_head)."""
+    return f"(self.models.{role}.gpus == 0 && {_ranks_cel(role)} == 1)"
+
+
 def _fixed_mount(path: str) -> bool:
     return path in _FIXED_DIRS or any(path.startswith(tree + "/") for tree in _FIXED_TREES)
 
@@ -272,6 +283,16 @@ class RoleSpec(ApiModel):
     trust_remote_code: bool = Field(
         default=False, description="Allow custom model code from the model directory."
     )
+
+    @property
+    def ranks(self) -> int:
+        """Its data-parallel workers: one per GPU, or cpuRanks on CPU."""
+        return self.gpus if self.gpus > 0 else self.cpu_ranks
+
+    @property
+    def on_head(self) -> bool:
+        """It runs on the Ray head pod (CPU, one rank) rather than on worker pods."""
+        return self.gpus == 0 and self.cpu_ranks == 1
 
     rules = (
         Rule(
@@ -1156,24 +1177,32 @@ class RLHFJobSpec(ApiModel):
             check=lambda s: s.data.eval is None or s.training.eval_every_steps > 0,
         ),
         Rule(
-            cel="self.training.trainBatchSize % (self.training.microBatchSize * "
-            "(self.models.actor.gpus == 0 ? 1 : self.models.actor.gpus)) == 0",
-            message="microBatchSize x actor.gpus (the actor's data-parallel workers) must divide trainBatchSize",
+            cel=f"self.training.trainBatchSize % (self.training.microBatchSize * {_ranks_cel('actor')}) == 0",
+            message="microBatchSize x the actor's data-parallel workers (gpus, or cpuRanks on CPU) must divide "
+            "trainBatchSize",
             field="training.microBatchSize",
             check=lambda s: (
-                s.training.train_batch_size % (s.training.micro_batch_size * max(1, s.models.actor.gpus)) == 0
+                s.training.train_batch_size % (s.training.micro_batch_size * s.models.actor.ranks) == 0
             ),
         ),
         Rule(
             cel="!has(self.models.critic) || self.training.trainBatchSize % (self.training.microBatchSize * "
-            "(self.models.critic.gpus == 0 ? 1 : self.models.critic.gpus)) == 0",
-            message="microBatchSize x critic.gpus (the critic's data-parallel workers) must divide trainBatchSize",
+            f"{_ranks_cel('critic')}) == 0",
+            message="microBatchSize x the critic's data-parallel workers (gpus, or cpuRanks on CPU) must divide "
+            "trainBatchSize",
             field="training.microBatchSize",
             check=lambda s: (
                 s.models.critic is None
-                or s.training.train_batch_size % (s.training.micro_batch_size * max(1, s.models.critic.gpus))
-                == 0
+                or s.training.train_batch_size % (s.training.micro_batch_size * s.models.critic.ranks) == 0
             ),
+        ),
+        Rule(
+            cel=f"!has(self.training.microBatchTokens) || self.training.microBatchTokens == 0 || "
+            f"{_ranks_cel('actor')} == 1",
+            message="token-budget micro batches need one actor worker (gpus 1, or gpus 0 with cpuRanks 1): set 0 "
+            "to use microBatchSize",
+            field="training.microBatchTokens",
+            check=lambda s: s.training.micro_batch_tokens == 0 or s.models.actor.ranks == 1,
         ),
         Rule(
             cel=f"{OFFLINE_CEL}.exists(a, a == self.algorithm.name) || "
@@ -1189,15 +1218,17 @@ class RLHFJobSpec(ApiModel):
         ),
         Rule(
             cel="!has(self.checkpoint) || !self.checkpoint.path.startsWith('s3://') || has(self.checkpoint.volume) "
-            "|| (self.models.actor.gpus == 0 && (!has(self.models.critic) || self.models.critic.gpus == 0))",
-            message="required with an s3:// path when the actor or critic runs on GPU worker pods: the driver "
+            f"|| ({_on_head_cel('actor')} && (!has(self.models.critic) || "
+            f"{_on_head_cel('critic')}))",
+            message="required with an s3:// path when the actor or critic runs on worker pods (GPUs, or cpuRanks "
+            "> 1): the driver "
             "uploads from stagingPath, which the worker pods must share (e.g. a ReadWriteMany PVC)",
             field="checkpoint.volume",
             check=lambda s: (
                 s.checkpoint is None
                 or not is_s3_path(s.checkpoint.path)
                 or s.checkpoint.volume is not None
-                or (s.models.actor.gpus == 0 and (s.models.critic is None or s.models.critic.gpus == 0))
+                or (s.models.actor.on_head and (s.models.critic is None or s.models.critic.on_head))
             ),
         ),
         Rule(
