@@ -9,6 +9,7 @@ namespace.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 from kubernetes import config as k8s_config
 from node_jobs import owned, status_of, tiny_job, watch
-from node_workloads import NodeCluster
+from node_workloads import VOLUMES, NodeCluster
 from startup_scenario import run_startup_scenario
 
 pytestmark = pytest.mark.timeout(900)
@@ -152,6 +153,11 @@ def test_an_actor_with_two_cpu_ranks_trains_across_two_worker_pods(
     assert final.get("phase") == "Succeeded", final
     assert len(workers) == 2, (workers, owned(kubectl, node_namespace, "pods"))
     assert final["progress"]["step"] == steps and final["latestCheckpoint"]["step"] == steps, final
+    # Each rank wrote its own ZeRO partition onto the claim (the hostPath volume of this namespace).
+    actor = VOLUMES / node_namespace / "checkpoints" / f"step_{steps:06d}" / "actor"
+    assert json.loads((actor / "ranks.json").read_text())["world_size"] == 2
+    partitions = sorted(p.name for p in (actor / "engine").glob("zero_pp_rank_*_optim_states.pt"))
+    assert [p.split("_")[3] for p in partitions] == ["0", "1"], partitions
     print(
         f"[node-cross] cpuRanks 2 on pods {sorted(workers)}: Succeeded in {time.monotonic() - started:.0f}s"
     )
