@@ -46,34 +46,13 @@ def build(root: Path = ROOT, force: bool = False) -> dict[str, str]:
     paths = {"model": str(model_dir), "prompts": str(prompts)}
     if not force and marker.exists() and marker.read_text().strip() == VERSION:
         return paths
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
-    from rlhf_trainer.demo.build import build_tokenizer
+    from rlhf_trainer.demo.build import build_model, build_tokenizer
 
     os.makedirs(model_dir, exist_ok=True)
     tokenizer = build_tokenizer(str(model_dir))
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=800,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    build_model(
+        str(model_dir), tokenizer, hidden=256, intermediate=800, layers=4, heads=4, kv_heads=4, seed=SEED
     )
-    torch.manual_seed(SEED)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model.save_pretrained(model_dir)
     with open(prompts, "w") as f:
         for row in make_prompts(512, SEED):
             f.write(json.dumps(row) + "\n")

@@ -44,26 +44,37 @@ def build_tokenizer(directory: str):
     return tokenizer
 
 
-def build_model(directory: str, tokenizer) -> None:
-    """A randomly initialised 2-layer Qwen2 (hidden 64, 2 heads of 32) with a fixed seed. Head size
-    32 is the smallest vLLM's CPU attention supports, so the same model runs with engine: vllm."""
+def build_model(
+    directory: str,
+    tokenizer,
+    *,
+    hidden: int = 64,
+    intermediate: int = 256,
+    layers: int = 2,
+    heads: int = 2,
+    kv_heads: int = 1,
+    seed: int = SEED,
+) -> None:
+    """A randomly initialised Qwen2 with a fixed seed; by default the demo's (2 layers, hidden 64, 2
+    heads of 32). Head size 32 is the smallest vLLM's CPU attention supports, so the same model
+    runs with engine: vllm. The benchmarks build larger shapes with it."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=256,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
