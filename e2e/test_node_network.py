@@ -49,7 +49,8 @@ def host_address() -> str:
     pytest.skip("this machine has no IPv4 address besides loopback and the bridge")
 
 
-def test_the_drop_rules_are_in_place() -> None:
+def test_the_drop_rules_are_in_place(node_cluster: NodeCluster) -> None:
+    """With the node up (the fixture: it is a node test, run in the node's session)."""
     for rule in DROP_RULES:
         tool, table, chain, args = rule_args(rule)
         assert subprocess.run([tool, "-t", table, "-C", chain, *args], capture_output=True).returncode == 0, (
