@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(1200)
 QUEUE, FLAVOR = "node-queue", "node-cpu"
 LOW, HIGH = "rlhf-node-low", "rlhf-node-high"
 HEAD = {"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}
-STEPS, EVERY = 300, 100  # a few tenths of a second a step: long enough to be preempted mid-run
+STEPS, EVERY = 400, 200  # ~0.1 s a step; the status shows progress every 10 s (about step 100)
 
 
 def _allow_priority_classes(node_cluster: NodeCluster, names: list[str]) -> None:
@@ -172,7 +172,7 @@ def test_kueue_preempts_a_training_job_which_checkpoints_and_resumes(
         checkpoint,
     )
     assert f"step_{checkpoint:06d}" in status["latestCheckpoint"]["path"], status
-    assert (VOLUMES / ns / "checkpoints" / f"step_{checkpoint:06d}").is_dir()  # on the claim's volume
+    assert (VOLUMES / ns / "checkpoints" / f"step_{checkpoint:06d}" / "COMPLETE").is_file()  # committed
     watch(kubectl, ns, "urgent", lambda s: _admitted(s)[1:] == ("True", "Admitted"), timeout=120)
 
     kubectl("delete", "rlhfjob", "urgent", "--wait=true", "--timeout=180s", namespace=ns)
@@ -187,4 +187,3 @@ def test_kueue_preempts_a_training_job_which_checkpoints_and_resumes(
     assert final.get("phase") == "Succeeded", final
     assert new and min(new) > checkpoint, (checkpoint, steps)  # continued after it, never from 1
     assert _step(final) == STEPS and _step(final, "latestCheckpoint") == STEPS, final
-    assert _admitted(final)[1:] == ("True", "Admitted"), final
