@@ -201,8 +201,10 @@ def _train(config: TrainerConfig, prepared: Prepared) -> RunSummary:
     started = time.perf_counter()
     spec = prepared.spec
     stop_request = StopRequest()
-    stop_request.install()  # from here on SIGTERM means: finish the step, commit, exit
     backend, plan, num_threads, stop = _start_backend(config.backend, spec)
+    # From here on SIGTERM means: finish the step, commit, exit. Installed after the backend:
+    # ray.init puts in Ray's own SIGTERM handler, which aborts the driver.
+    stop_request.install()
     telemetry = None
     success = False
     try:
