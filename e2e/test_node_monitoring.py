@@ -36,7 +36,11 @@ def test_prometheus_scrapes_trainer_and_operator_pods_and_delete_removes_the_run
     node_cluster: NodeCluster, node_namespace: str, tmp_path: Path
 ) -> None:
     kubectl, name = node_cluster.kubectl, "live"
-    kubectl.apply(tiny_job(name, steps=5000, every=5000), namespace=node_namespace)
+    job = tiny_job(name, steps=5000, every=5000)
+    # The delete below stops a training job: its head's preStop hook lets the trainer checkpoint
+    # within the grace period. A short one keeps the wait for the pods' removal short.
+    job["spec"]["terminationGracePeriodSeconds"] = 30
+    kubectl.apply(job, namespace=node_namespace)
     watch(kubectl, node_namespace, name, lambda s: (s.get("progress") or {}).get("step", 0) >= 1, timeout=600)
 
     prometheus, discovery = node_prometheus(tmp_path / "prometheus", node_cluster.control_plane, kubectl)
