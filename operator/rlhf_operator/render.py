@@ -63,7 +63,9 @@ HEAD_PRE_STOP = [
     "/bin/sh",
     "-c",
     f'p=$(cat {DRIVER_PID_FILE} 2>/dev/null) || exit 0; kill -TERM "$p" 2>/dev/null || exit 0; '
-    'while kill -0 "$p" 2>/dev/null; do sleep 1; done',
+    # An exited driver stays a zombie until Ray's job supervisor reaps it, and kill -0 succeeds on
+    # a zombie: without the State check the hook would wait out the whole grace period.
+    'while kill -0 "$p" 2>/dev/null && ! grep -q "^State:.*Z" /proc/"$p"/status 2>/dev/null; do sleep 1; done',
 ]
 WORKER_PRE_STOP = [
     "/bin/sh",
