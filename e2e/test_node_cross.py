@@ -132,6 +132,32 @@ def test_an_image_that_cannot_be_pulled_blocks_the_start_and_fails_at_the_deadli
     print(f"[node-cross] StartupBlocked ImagePullFailed after {final['status']['seconds_to_condition']} s")
 
 
+def test_a_job_asking_for_gpus_the_node_lacks_is_unschedulable_and_fails_at_the_deadline(
+    node_cluster: NodeCluster, node_namespace: str
+) -> None:
+    """The tiny job's actor on a GPU: the real scheduler cannot place its GPU worker pod on this
+    CPU node, the operator says StartupBlocked Unschedulable with the scheduler's message, and the
+    job fails at its pre-running deadline."""
+    kubectl, name = node_cluster.kubectl, "no-gpus"
+    job = tiny_job(name, steps=4, every=4)
+    job["spec"]["models"]["actor"]["gpus"] = 1
+    job["spec"]["preRunningDeadlineSeconds"] = 30
+    kubectl.apply(job, namespace=node_namespace)
+    client = k8s_config.new_client_from_config(config_file=str(node_cluster.control_plane.kubeconfig))
+    final = run_startup_scenario(
+        client,
+        node_namespace,
+        name,
+        "unschedulable",
+        play_node=False,
+        condition_timeout=60,
+        deadline_timeout=90,
+    )
+    blocked = next(c for c in final["status"]["conditions"] if c["type"] == "StartupBlocked")
+    assert "nvidia.com/gpu" in blocked["message"], blocked
+    print(f"[node-cross] StartupBlocked Unschedulable after {final['status']['seconds_to_condition']} s")
+
+
 def test_an_actor_with_two_cpu_ranks_trains_across_two_worker_pods(
     node_cluster: NodeCluster, node_namespace: str
 ) -> None:
