@@ -157,14 +157,21 @@ def install_crds() -> None:
     server-side apply: KubeRay's CRDs are too big for client-side apply's last-applied annotation."""
     files = [KUBERAY_CRDS.resolve() / f"ray.io_{plural}.yaml" for plural in KUBERAY_CRD_PLURALS]
     files += sorted(OUR_CRDS.glob("*.yaml")) if OUR_CRDS.is_dir() else []
-    kubectl(
+    apply_crds(files)
+
+
+def apply_crds(files: list[Path], run=None) -> None:
+    """Server-side apply of CRD files (`run`: a kubectl-like callable, default this cluster's
+    kubectl), then wait until every CRD is Established."""
+    run = run or kubectl
+    run(
         "apply",
         "--server-side",
         "--force-conflicts",
         "--field-manager=rlhf-e2e",
         *(f"--filename={f}" for f in files),
     )
-    kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    run("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 
 
 def _start_kuberay(state: dict) -> None:

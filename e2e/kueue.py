@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cluster  # noqa: E402
 import cluster_pki  # noqa: E402
 from cluster_build import GoModule, ensure_built, go_env  # noqa: E402
 
@@ -132,14 +133,7 @@ def start_kueue(
     binary = ensure_kueue(log=log)
     source = module_dir()
     crds = sorted((source / "config" / "components" / "crd" / "bases").glob("*.yaml"))
-    kubectl(
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=rlhf-e2e",
-        *(f"--filename={c}" for c in crds),
-    )
-    kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    cluster.apply_crds(crds, kubectl)
     kubectl("create", "namespace", NAMESPACE, check=False)
 
     cert_dir = workdir / "certs"

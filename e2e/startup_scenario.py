@@ -13,10 +13,10 @@ it (a job asking for more nvidia.com/gpu than any node has, or an image that doe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from e2e_kube import eventually
 from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 
@@ -34,17 +34,6 @@ QUOTA_MESSAGE = (
     'Failed to create head Pod {pod}, pods "{pod}" is forbidden: exceeded quota: gpu-quota, '
     "requested: requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu=0, limited: requests.nvidia.com/gpu=4"
 )
-
-
-def _wait(probe: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
 
 
 def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -162,7 +151,7 @@ def run_startup_scenario(
     def read_job() -> dict[str, Any]:
         return custom.get_namespaced_custom_object("rlhf.io", "v1alpha1", namespace, "rlhfjobs", job)
 
-    current = _wait(rayjob, 30, f"RayJob {job}-a0")
+    current = eventually(rayjob, 30, f"RayJob {job}-a0")
     started = time.monotonic()
     pod = None
     if play_node:  # what KubeRay writes first: the RayJob is Initializing its RayCluster
@@ -181,7 +170,7 @@ def run_startup_scenario(
         cond = _condition(read_job(), "StartupBlocked")
         return cond if cond and cond["status"] == "True" and cond["reason"] == reason else None
 
-    cond = _wait(blocked, condition_timeout, f"{job}: StartupBlocked={reason}")
+    cond = eventually(blocked, condition_timeout, f"{job}: StartupBlocked={reason}")
     seconds_to_condition = time.monotonic() - started
     if pod is not None:
         assert pod in cond["message"], cond
@@ -198,7 +187,7 @@ def run_startup_scenario(
         body = read_job()
         return body if (body.get("status") or {}).get("phase") == "Failed" else None
 
-    final = _wait(failed, deadline_timeout, f"{job} to fail at its pre-running deadline")
+    final = eventually(failed, deadline_timeout, f"{job} to fail at its pre-running deadline")
     failure = _condition(final, "Failed")
     assert failure is not None and failure["reason"] == "PreRunningDeadlineExceeded", final["status"]
     assert (
