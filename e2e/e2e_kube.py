@@ -84,6 +84,16 @@ class Kubectl:
                 "metadata": {"name": name, "labels": {"rlhf.io/e2e": "true"}},
             }
         )
+        # Pods are admitted only once the controller-manager has made the namespace's default
+        # ServiceAccount (seconds later on a loaded machine): wait for it, as for a ready namespace.
+        eventually(
+            lambda: (
+                self("get", "serviceaccount", "default", "-o", "name", namespace=name, check=False).returncode
+                == 0
+            ),
+            60,
+            f"namespace {name}'s default ServiceAccount",
+        )
         return name
 
     def delete_namespace(self, name: str) -> None:
