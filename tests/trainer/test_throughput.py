@@ -13,7 +13,7 @@ from rlhf_trainer.api.spec import GenerationSpec, RLHFJobSpec
 from rlhf_trainer.batch_plan import BatchConfigError, check_token_budget, plan_batches, token_budget_ranges
 from rlhf_trainer.engine.models import eos_token_ids, load_tokenizer
 from rlhf_trainer.generation import HFGenerationEngine
-from rlhf_trainer.packing import enable_packing, packed_policy_forward
+from rlhf_trainer.packing import enable_packing, pack, packed_policy_forward
 from rlhf_trainer.roles.forward import policy_forward
 from rlhf_trainer.roles.micro_batches import train_micro_batches
 from rlhf_trainer.rollout_batch import RolloutBatch
@@ -32,13 +32,18 @@ def _model(demo_assets: dict[str, str]):
     return AutoModelForCausalLM.from_pretrained(demo_assets["model"], dtype=torch.float32)
 
 
-def _padded_batch(seed: int = 0, rows: int = 6, prompt: int = 7, response: int = 9) -> RolloutBatch:
-    """Rows with left-padded prompts and right-padded completions of varied lengths."""
+def _padded_batch(
+    seed: int = 0, rows: int = 6, prompt: int = 7, response: int = 9, group: int = 1
+) -> RolloutBatch:
+    """Rows with left-padded prompts and right-padded completions of varied lengths; `group`
+    consecutive rows share a prompt (the samples of one prompt, as a rollout batch lays them out)."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(4, 40, (rows, prompt + response), generator=gen)
     mask = torch.ones_like(ids)
     for i in range(rows):
-        mask[i, : i % 4] = 0  # prompt padding
+        lead = i - i % group
+        ids[i, :prompt] = ids[lead, :prompt]
+        mask[i, : lead % 4] = 0  # prompt padding
         mask[i, prompt + 1 + (i * 3) % response :] = 0  # >= 1 completion token
     return RolloutBatch(ids * mask, mask, prompt)
 
@@ -79,6 +84,26 @@ def test_packed_forward_gives_the_unpacked_loss_and_gradients(demo_assets: dict[
     mask = batch.response_mask
     torch.testing.assert_close(again[mask], first[mask], rtol=1e-5, atol=1e-5)
     assert entropy is not None and bool((entropy[mask] > 0).all()) and bool((first[~mask] == 0).all())
+
+
+def test_samples_of_a_prompt_share_one_packed_copy_of_it(demo_assets: dict[str, str]) -> None:
+    """Groups of 4 samples per prompt (the last group cut to 2): each prompt is packed once and its
+    samples attend to that copy; loss and gradients equal the unpacked ones, where every sample
+    carries its own prompt."""
+    batch = _padded_batch(rows=10, group=4)
+    packed = pack(batch, share_prompts=True)
+    prompt_tokens = batch.attention_mask[:, : batch.prompt_width].sum(dim=1)
+    assert packed.shared == int(prompt_tokens[[1, 2, 3, 5, 6, 7, 9]].sum()) > 0
+    assert packed.input_ids.shape[1] == int(batch.attention_mask.sum()) - packed.shared
+
+    model = _model(demo_assets)
+    loss, grads = _loss_and_grads(model, policy_forward, batch)
+    enable_packing(model)
+    packed_loss, packed_grads = _loss_and_grads(model, packed_policy_forward, batch)
+    assert packed_loss == pytest.approx(loss, rel=LOSS_RTOL)
+    for name, grad in grads.items():
+        tol = GRAD_TOL * float(grad.abs().max())
+        assert float((packed_grads[name] - grad).abs().max()) <= tol, name
 
 
 def test_token_budget_micro_batches_add_up_to_the_train_batch_loss(demo_assets: dict[str, str]) -> None:

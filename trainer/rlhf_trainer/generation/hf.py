@@ -1,5 +1,7 @@
-"""The `hf` generation engine: transformers' generate on the engine's own copy of the policy
-(or on the actor's module itself when generation runs inside the actor)."""
+"""The `hf` generation engine: the policy's transformers model sampled by `decode.sample` (a
+prompt prefilled once for its samples, finished samples dropped from the batch) on the engine's
+own copy of the policy, or on the actor's module itself when generation runs inside the actor.
+ZeRO-3 ranks generating on one partitioned model use `generate`'s `synced_gpus` loop instead."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from ..api.spec import GenerationSpec
 from .base import GenerationOutput, completion_mask, left_pad
+from .decode import sample
 
 
 def sampling_config(spec: GenerationSpec, eos_ids: list[int], pad_id: int) -> GenerationConfig:
@@ -72,6 +75,20 @@ class HFGenerationEngine:
         pieces, sampled = [], []
         try:
             for i in range(0, len(prompts), chunk):
+                if not self.synced:
+                    _, _, out = sample(
+                        self.model,
+                        prompts[i : i + chunk],
+                        self.spec,
+                        self.eos_ids,
+                        self.pad_id,
+                        self.device,
+                        self.record_logprobs,
+                    )
+                    pieces.append(out.tokens)
+                    if out.logprobs is not None:
+                        sampled.append(out.logprobs)
+                    continue
                 recorder = SampledLogprobs(self.spec.temperature) if self.record_logprobs else None
                 out = self.model.generate(
                     input_ids=ids[i : i + chunk].to(self.device),
