@@ -1,11 +1,12 @@
 """Our trainer vs TRL's GRPOTrainer on CPU: the identical GRPO workload, side by side in one run.
 
-    .venv/bin/python bench/bench_trainer_vs_trl.py [--workload demo|qwen2-3.5m] [--steps 12] [--rounds 2]
+    .venv/bin/python bench/bench_trainer_vs_trl.py [--workload demo|qwen2-3.5m|qwen2-3.5m-long] [--steps 12] [--rounds 2]
         [--ray] [--vllm] [--settings ...]
 
 --workload qwen2-3.5m is issue 17's workload (bench/workload_qwen2.py: a 3.5M-parameter Qwen2 built
 locally, 11-character prompts, 16 x 8 samples, 32 new tokens, lr 1e-4, KL 0), written to
-bench/results/trainer_vs_trl_qwen2.json. The default workload is examples/tiny-grpo-cpu.yaml (the `make demo` job: tiny Qwen2, character tokenizer,
+bench/results/trainer_vs_trl_qwen2.json; qwen2-3.5m-long is the same with 96-character prompts
+(trainer_vs_trl_qwen2_long.json). The default workload is examples/tiny-grpo-cpu.yaml (the `make demo` job: tiny Qwen2, character tokenizer,
 the demo task's prompts and reward, fp32, HF generation, kl 0) with checkpoints off;
 workload.trl_config_kwargs maps it onto GRPOConfig. Each run is its own process; rounds alternate
 the order (ours, TRL, TRL, ours, ...) so drift in the machine's load hits both sides alike. The
@@ -32,7 +33,11 @@ import yaml
 from common import RESULTS_DIR, ratio, run_child, steady_state, write_result
 from workload import bench_manifest, load_manifest, optimizer_steps_per_rl_step, samples_per_step, validated
 
-RESULT_NAMES = {"demo": "trainer_vs_trl", "qwen2-3.5m": "trainer_vs_trl_qwen2"}
+RESULT_NAMES = {
+    "demo": "trainer_vs_trl",
+    "qwen2-3.5m": "trainer_vs_trl_qwen2",
+    "qwen2-3.5m-long": "trainer_vs_trl_qwen2_long",
+}
 
 # The process environments compared; both sides always get the same one.
 SETTINGS: dict[str, dict[str, str]] = {
@@ -191,10 +196,14 @@ def main() -> None:
         doc = bench_manifest(load_manifest(), steps=args.steps, name="bench-trainer-vs-trl")
         described = "examples/tiny-grpo-cpu.yaml (checkpoint off)"
     else:
+        from workload_qwen2 import LONG_CHARS
         from workload_qwen2 import manifest as qwen2_manifest
 
-        doc = qwen2_manifest(steps=args.steps)
-        described = "bench/workload_qwen2.py (3.5M-parameter Qwen2, 11-char prompts, 16 x 8, 32 new tokens)"
+        chars = LONG_CHARS if args.workload == "qwen2-3.5m-long" else 11
+        doc = qwen2_manifest(steps=args.steps, prompt_chars=chars)
+        described = (
+            f"bench/workload_qwen2.py (3.5M-parameter Qwen2, {chars}-char prompts, 16 x 8, 32 new tokens)"
+        )
     job = validated(doc)
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-") as tmp:
         manifest = Path(tmp) / "workload.yaml"

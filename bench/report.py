@@ -34,7 +34,7 @@ def rows_rvi(r: dict[str, Any]) -> list[list[str]]:
 def rows_trainer_vs_trl(r: dict[str, Any]) -> list[list[str]]:
     rows = []
     w = r["workload"]
-    label = "qwen2-3.5m workload, " if w.get("name") == "qwen2-3.5m" else ""
+    label = f"{w['name']} workload, " if str(w.get("name", "")).startswith("qwen2") else ""
     for comp in r["comparisons"]:
         trl = comp["sides"]["trl"]
         for name, speedup in comp["speedup_vs_trl"].items():
@@ -138,6 +138,7 @@ ROWS = {
     "rvi": rows_rvi,
     "trainer_vs_trl": rows_trainer_vs_trl,
     "trainer_vs_trl_qwen2": rows_trainer_vs_trl,
+    "trainer_vs_trl_qwen2_long": rows_trainer_vs_trl,
     "grpovi_vs_grpo": rows_grpovi,
     "grpovi_continuous": rows_grpovi,
     "operator_scale": rows_operator,

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py [--only NAME ...] [--skip NAME ...] [--quick] [--update-readme]
 
-NAME is one of rvi, trainer_vs_trl, trainer_vs_trl_qwen2, grpovi_vs_grpo, grpovi_continuous,
+NAME is one of rvi, trainer_vs_trl, trainer_vs_trl_qwen2, trainer_vs_trl_qwen2_long, grpovi_vs_grpo, grpovi_continuous,
 operator_scale, vllm_vs_hf. --quick runs each with a
 smaller size (minutes, for a smoke check; its numbers are not the ones to quote). Each benchmark
 runs in its own process; one that fails is reported and the others still run (exit 1 at the end).
@@ -50,6 +50,11 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
             "passive",
         ],
         ["--workload", "qwen2-3.5m", "--steps", "4", "--rounds", "1", "--settings", "passive"],
+    ),
+    "trainer_vs_trl_qwen2_long": (
+        "bench/bench_trainer_vs_trl.py",
+        ["--workload", "qwen2-3.5m-long", "--steps", "6", "--rounds", "2", "--settings", "passive"],
+        ["--workload", "qwen2-3.5m-long", "--steps", "4", "--rounds", "1", "--settings", "passive"],
     ),
     "grpovi_vs_grpo": (
         "bench/bench_grpovi_vs_grpo.py",
