@@ -22,7 +22,7 @@ from node_workloads import VOLUMES, NodeCluster
 
 pytestmark = pytest.mark.timeout(900)
 
-STEPS = 400  # ~0.1 s a step; the status shows progress every 10 s
+STEPS = 200  # a few steps a second; the status shows progress every 10 s
 GRACE = 150  # terminationGracePeriodSeconds: the pods must be gone long before it runs out
 
 
@@ -82,7 +82,9 @@ def test_suspending_a_running_job_commits_the_step_in_progress_and_resumes_from_
         f"{gone.get('head', 0):.0f}s, workers after {gone.get('worker', 0):.0f}s, of a {GRACE}s grace period; checkpoint {checkpoint}, phase {status.get('phase')}"
     )
     assert status.get("phase") == "Suspended", status
-    assert gone_after < GRACE - 30, gone_after  # every preStop hook ended with the trainer, not the clock
+    # Every preStop hook ended with the trainer, not with the clock: the workers' once the head
+    # (which waits for the trainer's commit) is gone.
+    assert gone_after < GRACE / 2 and gone["worker"] - gone["head"] < 30, gone
     # The SIGTERM checkpoint: the step in progress (the only periodic one is at the end).
     assert requested_at <= checkpoint <= reached + 1 and checkpoint < STEPS, (
         requested_at,

@@ -163,7 +163,7 @@ def train_stage(config: TrainerConfig, prepared: StagePrepared) -> Any:
             start_step = int(resumed.state["step"])
             restore_driver_rng(resumed.path)
             log.info("resumed from %s at step %d", resumed.url, start_step)
-        if resumed.skipped:
+        if store is not None or resumed.skipped:
             telemetry.resumed(resumed.url, start_step, resumed.skipped)
         saved = loop.run(start_step)
         success = True
