@@ -13,6 +13,8 @@ The trainer:
 - killed while writing (volume) or uploading (bucket) its step-4 checkpoint, it leaves step 3 as
   the newest committed one; the operator's next attempt resumes from it and ends with exactly the
   weights of an uninterrupted run;
+- a committed checkpoint on a volume whose state does not load is skipped for the one before it
+  (status.resume says so), and pruned;
 - SIGTERM mid-run, sent by the head pod's preStop hook as the operator renders it: the trainer
   finishes the step, commits a checkpoint, exits 143 (the hook returns then); the next run of the
   same attempt claims run 1, resumes from it and ends with the uninterrupted run's weights;
@@ -429,4 +431,33 @@ def test_checkpoints_in_the_layout_before_fencing_are_resumed_from(
         "attempts",
         "step_000002",  # keep: 2
         "step_000004.a000000.r000",
+    ]
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_on_a_volume_falls_back_to_the_one_before(
+    demo_assets: dict, tiny_rewards: str, uninterrupted: Path, tmp_path: Path
+) -> None:
+    """The newest checkpoint's state does not parse (same size: the marker's sizes match, so it
+    fails while loading, after the roles loaded its weights): the trainer falls back to step 2,
+    reports the skip in status.resume, and reaches the uninterrupted run's weights again."""
+    checkpoints = tmp_path / "ckpt"
+    doc = job(demo_assets, {"path": str(checkpoints), "everySteps": 2})
+    assert run(doc, tmp_path / "first") == 0
+    damaged = checkpoint_dir(checkpoints, MAX_STEPS)
+    state = damaged / "trainer_state.json"
+    state.write_bytes(b"{" + b"!" * (state.stat().st_size - 1))
+
+    assert run(doc, tmp_path / "second") == 0
+    status = json.loads((tmp_path / "second" / "status.json").read_text())
+    assert status["resume"]["path"] == str(checkpoint_dir(checkpoints, 2))
+    assert [s["path"] for s in status["resume"]["skipped"]] == [str(damaged)]
+    assert "JSONDecodeError" in status["resume"]["skipped"][0]["reason"]
+    assert [r["step"] for r in metrics(tmp_path / "second")] == [3, 4]
+    assert_same_weights(uninterrupted, checkpoints / f"step_{MAX_STEPS:06d}.a000000.r001" / "hf")
+    # keep: 2 counts only checkpoints that load: the damaged one is pruned, step 2 stays.
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "attempts",
+        "step_000002.a000000.r000",
+        "step_000004.a000000.r001",
     ]

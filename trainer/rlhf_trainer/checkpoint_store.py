@@ -127,6 +127,7 @@ class CheckpointStore:
         self.url = backend.url
         self.attempt = attempt
         self.run = 0
+        self.unusable: set[str] = set()  # names this run failed to fetch or load: never kept
 
     @property
     def fence(self) -> tuple[int, int]:
@@ -219,9 +220,11 @@ class CheckpointStore:
         return StoredCheckpoint(step, self.attempt, self.run, f"{self.url}/{name}", files, when)
 
     def prune(self, keep: int) -> list[str]:
-        """Keep the newest `keep` committed checkpoints; delete older ones, fenced-out commits and
-        unfinished saves of this or older runs. Returns the deleted names."""
-        kept = {c.name for c in self.committed()[:keep]}
+        """Keep the newest `keep` committed checkpoints that this run did not find unusable; delete
+        older ones, unusable ones, fenced-out commits and unfinished saves of this or older runs.
+        Returns the deleted names."""
+        usable = [c for c in self.committed() if c.name not in self.unusable]
+        kept = {c.name for c in usable[:keep]}
         deleted = []
         for name in self.backend.names():
             parsed = parse_name(name)

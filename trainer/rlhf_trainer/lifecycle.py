@@ -151,6 +151,7 @@ def resume_from_store(
                 "checkpoint %s does not load (%s): falling back to the one before it", candidate.url, reason
             )
             resumed.skipped.append((candidate.url, reason))
+            store.unusable.add(candidate.name)  # not kept by the next prune
             continue
         resumed.path, resumed.url, resumed.state = local, candidate.url, state
         break
