@@ -180,7 +180,7 @@ def test_an_actor_with_two_cpu_ranks_trains_across_two_worker_pods(
     assert len(workers) == 2, (workers, owned(kubectl, node_namespace, "pods"))
     assert final["progress"]["step"] == steps and final["latestCheckpoint"]["step"] == steps, final
     # Each rank wrote its own ZeRO partition onto the claim (the hostPath volume of this namespace).
-    actor = VOLUMES / node_namespace / "checkpoints" / f"step_{steps:06d}" / "actor"
+    actor = VOLUMES / node_namespace / "checkpoints" / Path(final["latestCheckpoint"]["path"]).name / "actor"
     assert json.loads((actor / "ranks.json").read_text())["world_size"] == 2
     partitions = sorted(p.name for p in (actor / "engine").glob("zero_pp_rank_*_optim_states.pt"))
     assert [p.split("_")[3] for p in partitions] == ["0", "1"], partitions

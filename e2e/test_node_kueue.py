@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -171,8 +172,9 @@ def test_kueue_preempts_a_training_job_which_checkpoints_and_resumes(
         reached,
         checkpoint,
     )
-    assert f"step_{checkpoint:06d}" in status["latestCheckpoint"]["path"], status
-    assert (VOLUMES / ns / "checkpoints" / f"step_{checkpoint:06d}" / "COMPLETE").is_file()  # committed
+    committed = Path(status["latestCheckpoint"]["path"]).name
+    assert committed.startswith(f"step_{checkpoint:06d}.a000000.r000"), status
+    assert (VOLUMES / ns / "checkpoints" / committed / "COMMITTED").is_file()
     watch(kubectl, ns, "urgent", lambda s: _admitted(s)[1:] == ("True", "Admitted"), timeout=120)
 
     kubectl("delete", "rlhfjob", "urgent", "--wait=true", "--timeout=180s", namespace=ns)

@@ -67,10 +67,14 @@ HEAD_PRE_STOP = [
     # a zombie: without the State check the hook would wait out the whole grace period.
     'while kill -0 "$p" 2>/dev/null && ! grep -q "^State:.*Z" /proc/"$p"/status 2>/dev/null; do sleep 1; done',
 ]
+# The workers' hook probes the head's GCS port, not `ray health-check`: once the head pod is gone
+# the CLI keeps retrying its GCS connection for about a minute, which held every worker pod (and
+# its GPUs and quota) that long after the checkpoint was committed.
 WORKER_PRE_STOP = [
     "/bin/sh",
     "-c",
-    'while ray health-check --address "$RAY_ADDRESS" >/dev/null 2>&1; do sleep 2; done',
+    "while python3 -c \"import os, socket; h, p = os.environ['RAY_ADDRESS'].rsplit(':', 1); "
+    'socket.create_connection((h, int(p)), timeout=5).close()" 2>/dev/null; do sleep 2; done',
 ]
 HEAD_PORTS = (
     ("gcs-server", 6379),

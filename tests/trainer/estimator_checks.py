@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .helpers import hf_weights, metrics, run, trainable_names
+from .helpers import checkpoint_dir, hf_weights, metrics, run, trainable_names
 
 
 def check_run(doc: dict, output: Path, model: str, backend: str) -> list[dict]:
@@ -20,7 +20,7 @@ def check_run(doc: dict, output: Path, model: str, backend: str) -> list[dict]:
             assert math.isfinite(row[key]), (key, row[key])
         assert all(f"timing/{phase}_s" in row for phase in ("generate", "reward", "advantage", "train_actor"))
     before = hf_weights(model)
-    after = hf_weights(Path(doc["spec"]["checkpoint"]["path"]) / "step_000002" / "hf")
+    after = hf_weights(checkpoint_dir(Path(doc["spec"]["checkpoint"]["path"]), 2) / "hf")
     unchanged = [n for n in trainable_names(model) if torch.equal(before[n], after[n])]
     assert not unchanged, f"parameters that did not change: {unchanged}"
     return rows

@@ -103,3 +103,16 @@ def trainable_names(path: str | os.PathLike) -> list[str]:
     return [
         n for n, p in AutoModelForCausalLM.from_pretrained(str(path)).named_parameters() if p.requires_grad
     ]
+
+
+def checkpoint_dir(root: str | os.PathLike, step: int) -> Path:
+    """The committed checkpoint of `step` under a checkpoint directory (its newest run's, in the
+    layout of rlhf_trainer.checkpoint_store: step_000004.a000000.r000/ with a COMMITTED marker)."""
+    found = sorted(p for p in Path(root).glob(f"step_{step:06d}.a*") if (p / "COMMITTED").is_file())
+    assert found, f"no committed checkpoint of step {step} in {sorted(p.name for p in Path(root).iterdir())}"
+    return found[-1]
+
+
+def checkpoint_steps(root: str | os.PathLike) -> list[int]:
+    """The steps of the committed checkpoints under a checkpoint directory, oldest first."""
+    return sorted(int(p.name[5:11]) for p in Path(root).glob("step_*") if (p / "COMMITTED").is_file())

@@ -18,25 +18,36 @@ from .helpers import manifest, metrics
 
 def make_checkpoints(root: Path, complete: list[int], incomplete: list[int]) -> None:
     for step in complete + incomplete:
-        (root / f"step_{step:06d}").mkdir(parents=True)
+        (root / f"step_{step:06d}.a000000.r000").mkdir(parents=True)
     for step in complete:
-        (root / f"step_{step:06d}" / "COMPLETE").write_text(f"{step}\n")
+        (root / f"step_{step:06d}.a000000.r000" / "COMMITTED").write_text('{"files": {}}')
 
 
-def test_auto_resumes_from_the_latest_complete_checkpoint(tmp_path: Path) -> None:
+def test_the_store_picks_unless_the_spec_names_a_checkpoint(tmp_path: Path) -> None:
     make_checkpoints(tmp_path, complete=[10, 20], incomplete=[30])
     spec = CheckpointSpec(path=str(tmp_path), resume="auto")
-    assert resolve_resume(spec, None) == str(tmp_path / "step_000020")
+    assert resolve_resume(spec, None) is None  # auto: the newest committed one (lifecycle)
     assert resolve_resume(spec.model_copy(update={"resume": "never"}), None) is None
-    assert resolve_resume(CheckpointSpec(path=str(tmp_path / "empty")), None) is None  # fresh start
+    named = spec.model_copy(update={"resume": str(tmp_path / "step_000010.a000000.r000")})
+    assert resolve_resume(named, None) == str(tmp_path / "step_000010.a000000.r000")
 
 
-def test_resume_from_overrides_the_spec_and_must_be_complete(tmp_path: Path) -> None:
-    make_checkpoints(tmp_path, complete=[10, 20], incomplete=[30])
-    spec = CheckpointSpec(path=str(tmp_path), resume="auto")
-    assert resolve_resume(spec, str(tmp_path / "step_000010")) == str(tmp_path / "step_000010")
-    with pytest.raises(CheckpointError, match=r"^resumeFrom: checkpoint .*step_000030 is incomplete"):
-        resolve_resume(spec, str(tmp_path / "step_000030"))
+def test_resume_from_in_the_store_lets_the_store_pick_and_elsewhere_must_be_committed(tmp_path: Path) -> None:
+    make_checkpoints(tmp_path / "store", complete=[10, 20], incomplete=[30])
+    make_checkpoints(tmp_path / "other", complete=[10], incomplete=[30])
+    (tmp_path / "old" / "step_000040").mkdir(parents=True)
+    (tmp_path / "old" / "step_000040" / "COMPLETE").write_text("40\n")  # the layout before fencing
+    spec = CheckpointSpec(path=str(tmp_path / "store"), resume="auto")
+    # The operator's restart names status.latestCheckpoint.path: the store picks (with fallback).
+    assert resolve_resume(spec, str(tmp_path / "store" / "step_000010.a000000.r000")) is None
+    assert resolve_resume(spec, "s3://bucket/job/step_000010.a000000.r000") is None
+    other = str(tmp_path / "other" / "step_000010.a000000.r000")
+    assert resolve_resume(spec, other) == other
+    assert resolve_resume(spec, str(tmp_path / "old" / "step_000040")) == str(
+        tmp_path / "old" / "step_000040"
+    )
+    with pytest.raises(CheckpointError, match=r"^resumeFrom: checkpoint .*step_000030.* is incomplete"):
+        resolve_resume(spec, str(tmp_path / "other" / "step_000030.a000000.r000"))
     with pytest.raises(CheckpointError, match=r"^spec\.checkpoint\.resume: checkpoint /nope does not exist"):
         resolve_resume(spec.model_copy(update={"resume": "/nope"}), None)
 

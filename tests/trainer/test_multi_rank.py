@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .helpers import hf_weights, manifest, metrics, run
+from .helpers import checkpoint_dir, checkpoint_steps, hf_weights, manifest, metrics, run
 
 pytestmark = pytest.mark.slow
 
@@ -192,14 +192,14 @@ def test_two_rank_resume_after_a_crash_reproduces_the_uninterrupted_run(
     rewards_module.CALLS["n"] = 0
     monkeypatch.setenv("TINY_REWARD_CRASH_AT", "3")  # the reward of step 3 raises
     assert run(doc, tmp_path / "out", backend="ray") == 1
-    assert sorted(os.listdir(tmp_path / "ckpt")) == ["step_000002"]
-    written = os.listdir(tmp_path / "ckpt" / "step_000002" / "actor")
+    assert checkpoint_steps(tmp_path / "ckpt") == [2]
+    written = os.listdir(checkpoint_dir(tmp_path / "ckpt", 2) / "actor")
     assert {"rng_rank0.pt", "rng_rank1.pt", "ranks.json"} <= set(written)
     monkeypatch.delenv("TINY_REWARD_CRASH_AT")
     assert run(doc, tmp_path / "out", backend="ray") == 0  # resume: auto picks step 2
 
-    expected = hf_weights(full / "ckpt" / "step_000003" / "hf")
-    resumed = hf_weights(tmp_path / "ckpt" / "step_000003" / "hf")
+    expected = hf_weights(checkpoint_dir(full / "ckpt", 3) / "hf")
+    resumed = hf_weights(checkpoint_dir(tmp_path / "ckpt", 3) / "hf")
     differing = [name for name in expected if not torch.equal(expected[name], resumed[name])]
     assert not differing, f"resumed weights differ: {differing}"
     assert [r["reward/mean"] for r in metrics(tmp_path / "out")] == [
@@ -208,7 +208,7 @@ def test_two_rank_resume_after_a_crash_reproduces_the_uninterrupted_run(
     assert [r["step"] for r in metrics(tmp_path / "out")] == [1, 2, 3]
 
     # The same checkpoint on one rank: DeepSpeed's universal form repartitions the ZeRO-3 states.
-    step2 = tmp_path / "ckpt" / "step_000002"
+    step2 = checkpoint_dir(tmp_path / "ckpt", 2)
     one_rank = resumable(demo_assets, tmp_path / "one-rank")
     one_rank["spec"]["models"]["actor"]["cpuRanks"] = 1
     one_rank["spec"]["checkpoint"]["resume"] = str(step2)
@@ -220,7 +220,7 @@ def test_two_rank_resume_after_a_crash_reproduces_the_uninterrupted_run(
     # And back: the 1-rank checkpoint of step 3 resumes on 2 ranks for a fourth step.
     two_ranks = resumable(demo_assets, tmp_path / "two-ranks")
     two_ranks["spec"]["training"]["maxSteps"] = 4
-    two_ranks["spec"]["checkpoint"]["resume"] = str(tmp_path / "one-rank" / "step_000003")
+    two_ranks["spec"]["checkpoint"]["resume"] = str(checkpoint_dir(tmp_path / "one-rank", 3))
     assert run(two_ranks, tmp_path / "two-ranks-out", backend="ray") == 0
     assert [r["step"] for r in metrics(tmp_path / "two-ranks-out")] == [4]
 
@@ -293,12 +293,12 @@ def test_ppo_with_two_rank_actor_and_critic_learns_the_demo_task(
     assert all(row["critic/vf_loss"] == row["critic/vf_loss"] for row in rows)  # finite, not NaN
     # Both roles' ranks wrote their own states (ZeRO partitions and RNG), rank 0 the rank record.
     for role, stage in (("actor", 3), ("critic", 2)):
-        directory = tmp_path / "ckpt" / f"step_{STEPS:06d}" / role
+        directory = checkpoint_dir(tmp_path / "ckpt", STEPS) / role
         assert written_ranks(str(directory)) == (2, stage)
         files = set(os.listdir(directory / "engine")) | set(os.listdir(directory))
         assert {"rng_rank0.pt", "rng_rank1.pt"} <= files
         assert {f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for rank in (0, 1)} <= files
-    check_critic_on_one_rank(spec, tmp_path / "ckpt" / f"step_{STEPS:06d}")
+    check_critic_on_one_rank(spec, checkpoint_dir(tmp_path / "ckpt", STEPS))
 
 
 def check_critic_on_one_rank(spec_doc: dict, checkpoint: Path) -> None:
@@ -350,4 +350,4 @@ def test_an_sft_stage_on_two_zero3_ranks_evaluates_uneven_shares(
     assert [r["step"] for r in rows] == [1, 2] and all("eval/sft/loss" in r for r in rows)
     from rlhf_trainer.checkpoint_ranks import written_ranks
 
-    assert written_ranks(str(tmp_path / "ckpt" / "step_000002" / "actor")) == (2, 3)
+    assert written_ranks(str(checkpoint_dir(tmp_path / "ckpt", 2) / "actor")) == (2, 3)

@@ -12,7 +12,7 @@ import yaml
 
 from rlhf_trainer.api.validation import validate_manifest
 
-from .helpers import metrics
+from .helpers import checkpoint_dir, metrics
 from .stage_helpers import evals
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def test_tiny_pipeline_runs_sft_rm_and_rl_whose_reward_from_the_trained_rm_rises
     assert rl_status["progress"]["step"] == 40
     rm_status = json.loads((out / "rm" / "status.json").read_text())
     assert rm_status["latestCheckpoint"]["hfPath"] == str(
-        tmp_path / "ckpt" / "rm" / "checkpoints" / "step_000200" / "hf"
+        checkpoint_dir(tmp_path / "ckpt" / "rm" / "checkpoints", 200) / "hf"
     )
 
     # Again: every stage is finished, so nothing trains.

@@ -3,13 +3,12 @@ exactly the weights of an uninterrupted run; the HF export loads with from_pretr
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from .helpers import hf_weights, manifest, metrics, run
+from .helpers import checkpoint_dir, checkpoint_steps, hf_weights, manifest, metrics, run
 
 pytestmark = pytest.mark.slow
 
@@ -51,13 +50,13 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_weights(
     rewards_module.CALLS["n"] = 0
     monkeypatch.setenv("TINY_REWARD_CRASH_AT", "3")  # the reward of step 3 raises
     assert run(doc, tmp_path / "out") == 1
-    assert sorted(os.listdir(tmp_path / "ckpt")) == ["step_000002"]
+    assert checkpoint_steps(tmp_path / "ckpt") == [2]
 
     monkeypatch.delenv("TINY_REWARD_CRASH_AT")
     assert run(doc, tmp_path / "out") == 0  # resume: auto picks step 2
 
-    expected = hf_weights(uninterrupted / "ckpt" / "step_000004" / "hf")
-    resumed = hf_weights(tmp_path / "ckpt" / "step_000004" / "hf")
+    expected = hf_weights(checkpoint_dir(uninterrupted / "ckpt", 4) / "hf")
+    resumed = hf_weights(checkpoint_dir(tmp_path / "ckpt", 4) / "hf")
     assert expected.keys() == resumed.keys()
     differing = [name for name in expected if not torch.equal(expected[name], resumed[name])]
     assert not differing, f"resumed weights differ: {differing}"
@@ -67,13 +66,13 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_weights(
     assert [r["reward/mean"] for r in interrupted] == [r["reward/mean"] for r in full]
     assert [r["actor/lr"] for r in interrupted] == [r["actor/lr"] for r in full]
     # keep: 3 -> steps 2 and 4 are both kept
-    assert sorted(os.listdir(tmp_path / "ckpt")) == ["step_000002", "step_000004"]
+    assert checkpoint_steps(tmp_path / "ckpt") == [2, 4]
 
 
 def test_hf_export_loads_with_from_pretrained_and_generates(uninterrupted: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = uninterrupted / "ckpt" / "step_000004" / "hf"
+    path = checkpoint_dir(uninterrupted / "ckpt", 4) / "hf"
     model = AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     inputs = tokenizer(["say a", "repeat b"], return_tensors="pt", padding=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import metrics, run
+from .helpers import checkpoint_dir, metrics, run
 from .stage_helpers import checkpoint, evals, stage_manifest
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def test_sft_lowers_the_held_out_loss(demo_assets, stage_data, tmp_path: Path) -
     assert all(b < a for a, b in zip(held_out, held_out[1:], strict=False))
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt" / "step_000020" / "hf")
+    AutoModelForCausalLM.from_pretrained(checkpoint_dir(tmp_path / "ckpt", 20) / "hf")
 
 
 def test_reward_model_accuracy_rises_and_its_export_loads_as_a_reward(
@@ -63,7 +63,7 @@ def test_reward_model_accuracy_rises_and_its_export_loads_as_a_reward(
 
     from rlhf_trainer.rewards.model import RewardModelScorer
 
-    scorer = RewardModelScorer(str(tmp_path / "ckpt" / "step_000200" / "hf"), precision="fp32")
+    scorer = RewardModelScorer(str(checkpoint_dir(tmp_path / "ckpt", 200) / "hf"), precision="fp32")
     rows = [json.loads(line) for line in open(stage_data["preferences-eval"])]
     chosen = scorer.score([r["prompt"] + r["chosen"] for r in rows])
     rejected = scorer.score([r["prompt"] + r["rejected"] for r in rows])

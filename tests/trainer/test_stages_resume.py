@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .helpers import metrics, run
+from .helpers import checkpoint_dir, metrics, run
 from .stage_helpers import checkpoint, stage_manifest
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,8 @@ def test_a_resumed_stage_reproduces_the_uninterrupted_run(demo_assets, stage, tm
     assert run(full, tmp_path / "out-a") == 0
 
     (tmp_path / "b").mkdir()
-    shutil.copytree(tmp_path / "a" / "step_000002", tmp_path / "b" / "step_000002")
+    step2 = checkpoint_dir(tmp_path / "a", 2)
+    shutil.copytree(step2, tmp_path / "b" / step2.name)
     resumed = stage_manifest(
         stage, demo_assets["model"], data, {**overrides, **checkpoint(tmp_path / "b", 2)}
     )
@@ -51,8 +52,8 @@ def test_a_resumed_stage_reproduces_the_uninterrupted_run(demo_assets, stage, tm
     assert run(resumed, tmp_path / "out-b") == 0  # resume: auto picks step 2
 
     expected, got = (
-        _weights(tmp_path / "a" / "step_000004" / "hf"),
-        _weights(tmp_path / "b" / "step_000004" / "hf"),
+        _weights(checkpoint_dir(tmp_path / "a", 4) / "hf"),
+        _weights(checkpoint_dir(tmp_path / "b", 4) / "hf"),
     )
     assert expected.keys() == got.keys()
     assert not [name for name in expected if not torch.equal(expected[name], got[name])]

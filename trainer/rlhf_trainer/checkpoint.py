@@ -1,14 +1,14 @@
 """Checkpoints: every N steps and at the end, the last K kept, resumable exactly.
 
-Layout of `<checkpoint.path>/step_000010/`:
+What one checkpoint directory holds:
   actor/, critic/     DeepSpeed states (weights, optimizer, LR schedule) + each worker's RNG
   rollout/            RNG of each rollout engine (they sample the tokens)
   hf/                 the actor in HF format, loadable by from_pretrained, with its tokenizer
   trainer_state.json  step and data position; driver_rng.pt the driver's RNG
-  COMPLETE            written last: a directory without it is never resumed from
 
-With an s3:// path the directory is written under stagingPath, then uploaded and committed by
-checkpoint_store.ObjectStore (its own layout, fenced by attempt).
+Where it goes, how it is committed and fenced, and which one a run resumes from is the store's
+(checkpoint_store.py): `<path>/step_000010.a000000.r000/` with a COMMITTED marker on a volume,
+the same layout under an s3:// prefix (written to stagingPath, then uploaded).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,16 +24,15 @@ import torch
 
 from .api.spec import CheckpointSpec, is_s3_path
 from .backends.base import Backend
+from .checkpoint_store import LEGACY_MARKER, MARKER
 from .rng import capture_rng_state, restore_rng_state
 from .role_groups import Roles
 
 if TYPE_CHECKING:
-    from .checkpoint_store import ObjectStore
+    from .checkpoint_store import CheckpointStore
 
 log = logging.getLogger(__name__)
 
-STEP_DIR = re.compile(r"^step_(\d+)$")
-COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 
 
@@ -49,53 +47,42 @@ class SavedCheckpoint:
     hf_path: str | None
 
 
-def step_directory(root: str, step: int) -> str:
-    return os.path.join(root, f"step_{step:06d}")
-
-
-def complete_checkpoints(root: str) -> list[tuple[int, str]]:
-    """(step, path) of every complete checkpoint under root, oldest first."""
-    if not os.path.isdir(root):
-        return []
-    found = []
-    for name in os.listdir(root):
-        match = STEP_DIR.match(name)
-        path = os.path.join(root, name)
-        if match and os.path.isfile(os.path.join(path, COMPLETE)):
-            found.append((int(match.group(1)), path))
-    return sorted(found)
+def in_store(spec: CheckpointSpec | None, path: str) -> bool:
+    """True for a checkpoint of the job's own store: an s3:// URL, or a directory right under
+    spec.checkpoint.path (what the operator's restarts pass as resumeFrom)."""
+    if is_s3_path(path):
+        return True
+    if spec is None or is_s3_path(spec.path):
+        return False
+    return os.path.dirname(os.path.abspath(path)) == os.path.abspath(spec.path)
 
 
 def resolve_resume(spec: CheckpointSpec | None, resume_from: str | None) -> str | None:
-    """The checkpoint to start from: `resume_from` (the trainer config's override), else
-    spec.checkpoint.resume: auto = the latest complete one under path (none: a fresh start),
-    never, or an absolute path."""
-    if resume_from is not None and spec is not None and is_s3_path(resume_from):
-        return None  # the operator's restart of an s3 job: the newest committed one, as resume: auto
+    """An explicit checkpoint to start from: `resume_from` (the trainer config's override), or
+    spec.checkpoint.resume when it is a path. None when the store picks (resume: auto, or a
+    resumeFrom in the job's own store: the newest committed checkpoint, falling back to older
+    ones) or for a fresh start (resume: never)."""
     if resume_from is not None:
+        if spec is not None and in_store(spec, resume_from):
+            return None
         return _require(resume_from, "resumeFrom")
-    if spec is None or spec.resume == "never":
+    if spec is None or spec.resume in ("auto", "never"):
         return None
-    if spec.resume == "auto":
-        if is_s3_path(spec.path):
-            return None  # the runner picks the newest committed checkpoint in the bucket
-        found = complete_checkpoints(os.path.abspath(spec.path))
-        return found[-1][1] if found else None
     return _require(spec.resume, "spec.checkpoint.resume")
 
 
 def _require(path: str, field: str) -> str:
     if not os.path.isdir(path):
         raise CheckpointError(f"{field}: checkpoint {path} does not exist")
-    if not os.path.isfile(os.path.join(path, COMPLETE)):
-        raise CheckpointError(f"{field}: checkpoint {path} is incomplete (no {COMPLETE} marker)")
+    if not any(os.path.isfile(os.path.join(path, m)) for m in (MARKER, LEGACY_MARKER)):
+        raise CheckpointError(f"{field}: checkpoint {path} is incomplete (no {MARKER} marker)")
     return path
 
 
 class Checkpointer:
-    def __init__(self, spec: CheckpointSpec, max_steps: int, store: ObjectStore | None = None) -> None:
+    def __init__(self, spec: CheckpointSpec, max_steps: int, store: CheckpointStore) -> None:
         self.spec = spec
-        self.root = os.path.abspath(spec.local_root)
+        self.staging = os.path.abspath(spec.local_root)  # s3: stagingPath; unused on a volume
         self.max_steps = max_steps
         self.store = store
 
@@ -105,7 +92,9 @@ class Checkpointer:
     def save(
         self, step: int, roles: Roles, backend: Backend, trainer_state: dict[str, Any]
     ) -> SavedCheckpoint:
-        path = step_directory(self.root, step)
+        """Write the checkpoint of `step`, commit it (SupersededError when a newer run has claimed
+        the store), prune to `keep`."""
+        path = self.store.directory_for(step, self.staging)
         if os.path.exists(path):  # a leftover of an interrupted save of the same step
             shutil.rmtree(path)
         os.makedirs(path)
@@ -114,32 +103,19 @@ class Checkpointer:
             pending += roles.critic.call("save_checkpoint", os.path.join(path, "critic"))
         if roles.rollout is not None:
             pending += roles.rollout.call("save_checkpoint", os.path.join(path, "rollout"))
-        hf_path = os.path.join(path, "hf") if self.spec.export_hf else None
-        if hf_path is not None:
-            pending += roles.actor.call("export_hf", hf_path)
+        if self.spec.export_hf:
+            pending += roles.actor.call("export_hf", os.path.join(path, "hf"))
         backend.get(pending)
         with open(os.path.join(path, STATE_FILE), "w") as f:
             json.dump({"step": step, **trainer_state}, f, indent=2)
         torch.save(capture_rng_state(), os.path.join(path, "driver_rng.pt"))
-        with open(os.path.join(path, COMPLETE), "w") as f:
-            f.write(f"{step}\n")
-        if self.store is not None:
-            stored = self.store.upload(step, path)
-            self.store.prune(self.spec.keep)
-            self._prune(keep_path=path, keep=1)  # staging: only the newest stays on local disk
-            return SavedCheckpoint(step=step, path=stored.url, hf_path=stored.hf_url)
-        self._prune(keep_path=path, keep=self.spec.keep)
-        return SavedCheckpoint(step=step, path=path, hf_path=hf_path)
-
-    def _prune(self, keep_path: str, keep: int) -> None:
-        complete = complete_checkpoints(self.root)
-        for _, old in complete[: max(0, len(complete) - keep)]:
-            shutil.rmtree(old, ignore_errors=True)
-        kept = {p for _, p in complete}
-        for name in os.listdir(self.root):
-            path = os.path.join(self.root, name)
-            if STEP_DIR.match(name) and path not in kept and path != keep_path:
-                shutil.rmtree(path, ignore_errors=True)  # interrupted saves
+        stored = self.store.commit(step, path)
+        self.store.prune(self.spec.keep)
+        if is_s3_path(self.spec.path):  # staging: only the newest stays on local disk
+            for name in os.listdir(self.staging):
+                if name.startswith("step_") and os.path.join(self.staging, name) != path:
+                    shutil.rmtree(os.path.join(self.staging, name), ignore_errors=True)
+        return SavedCheckpoint(step=step, path=stored.url, hf_path=stored.hf_url)
 
 
 def load_checkpoint(path: str, roles: Roles, backend: Backend) -> dict[str, Any]:

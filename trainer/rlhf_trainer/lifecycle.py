@@ -1,9 +1,11 @@
 """An attempt's lifecycle around the RL loop: where it resumes from, and stopping on SIGTERM.
 
-Resume: with an s3:// checkpoint path the newest committed checkpoint in the bucket is downloaded
-and loaded; when that fails (a missing or truncated object, a state that does not load) the one
-before it is tried, and the skipped ones are reported (log, status.resume). With a local path the
-checkpoint preflight resolved is loaded, as before.
+Resume: the job's checkpoint store (checkpoint_store.py: a volume or an s3:// prefix) is claimed by
+this run first; then the newest committed checkpoint of this or an older run is fetched (checked
+against its marker, downloaded from a bucket) and loaded; when that fails (a missing or truncated
+file, a state that does not load) the one before it is tried, and the skipped ones are reported
+(log, status.resume). An explicit checkpoint (spec.checkpoint.resume: /path, or a resumeFrom
+outside the store) is loaded as it is.
 
 Stop: a pod asked to stop (suspend, Kueue preemption, node drain) gets terminationGracePeriodSeconds
 before SIGKILL. The head container's preStop hook (render.py) sends SIGTERM to the driver (its pid
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .api.job import TrainerConfig
     from .backends.base import Backend
-    from .checkpoint_store import ObjectStore
+    from .checkpoint_store import CheckpointStore
     from .role_groups import Roles
 
 log = logging.getLogger(__name__)
@@ -87,32 +89,61 @@ class Resumed:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def open_store(config: TrainerConfig) -> ObjectStore | None:
-    """The job's object store (claimed by this attempt), or None for a local checkpoint path."""
+def open_store(config: TrainerConfig) -> CheckpointStore | None:
+    """The job's checkpoint store, claimed by this run (the next run number of its attempt), or
+    None for a job without checkpoints."""
     spec = config.spec.checkpoint
-    if spec is None or not spec.path.startswith("s3://"):
+    if spec is None:
         return None
-    from .checkpoint_store import ObjectStore, s3_client
+    from .checkpoint_backends import open_backend
+    from .checkpoint_store import CheckpointStore
 
-    assert spec.s3 is not None  # validation requires it with an s3:// path
-    store = ObjectStore(spec.path, s3_client(spec.s3), config.attempt)
-    store.claim()
+    store = CheckpointStore(open_backend(spec.path, spec.s3), config.attempt)
+    run = store.claim()
+    log.info("checkpoints: %s, attempt %d run %d", store.url, store.attempt, run)
     return store
 
 
+def resumes_from_store(config: TrainerConfig) -> bool:
+    """True when the store picks the checkpoint: resume: auto, or the operator's restart (a
+    resumeFrom in the job's own store)."""
+    from .checkpoint import in_store
+
+    checkpoint = config.spec.checkpoint
+    if config.resume_from is not None:
+        return in_store(checkpoint, config.resume_from)
+    return checkpoint is not None and checkpoint.resume == "auto"
+
+
+def resume_point(
+    config: TrainerConfig,
+    explicit: str | None,
+    store: CheckpointStore | None,
+    load: Callable[[str], dict[str, Any]],
+) -> Resumed:
+    """What this run starts from: the explicit checkpoint preflight resolved, else (when the store
+    picks) the newest committed one that loads, else nothing."""
+    if explicit is not None:
+        return Resumed(explicit, explicit, load(explicit))
+    if store is not None and resumes_from_store(config):
+        assert config.spec.checkpoint is not None
+        return resume_from_store(store, os.path.abspath(config.spec.checkpoint.local_root), load)
+    return Resumed()
+
+
 def resume_from_store(
-    store: ObjectStore,
+    store: CheckpointStore,
     staging: str,
     load: Callable[[str], dict[str, Any]],
 ) -> Resumed:
-    """The newest committed checkpoint of this or an earlier attempt that downloads and loads;
-    each newer one that fails is skipped (and said so)."""
+    """The newest committed checkpoint of this or an older run that fetches and loads; each newer
+    one that fails is skipped (and said so)."""
     resumed = Resumed()
     for candidate in store.committed():
-        if candidate.attempt > store.attempt:
+        if candidate.fence > store.fence:
             continue
         try:
-            local = store.download(candidate, staging)
+            local = store.fetch(candidate, staging)
             state = load(local)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -120,6 +151,7 @@ def resume_from_store(
                 "checkpoint %s does not load (%s): falling back to the one before it", candidate.url, reason
             )
             resumed.skipped.append((candidate.url, reason))
+            store.unusable.add(candidate.name)  # not kept by the next prune
             continue
         resumed.path, resumed.url, resumed.state = local, candidate.url, state
         break

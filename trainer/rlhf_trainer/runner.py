@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .api.spec import RLHFJobSpec
     from .backends.base import Backend, RoleGroup
     from .backends.placement import PlacementPlan
-    from .checkpoint_store import ObjectStore
+    from .checkpoint_store import CheckpointStore
     from .loop import RLLoop
     from .preflight import Prepared
     from .role_groups import Roles
@@ -219,8 +219,12 @@ def _train(config: TrainerConfig, prepared: Prepared) -> RunSummary:
         rewards.preflight()
         telemetry = Telemetry(config, spec.training.max_steps, spec.algorithm.name)
         store = open_store(config)
+        if store is not None:
+            telemetry.run = store.run
         checkpointer = (
-            Checkpointer(spec.checkpoint, spec.training.max_steps, store) if spec.checkpoint else None
+            Checkpointer(spec.checkpoint, spec.training.max_steps, store)
+            if spec.checkpoint and store
+            else None
         )
         loop = RLLoop(
             spec,
@@ -260,24 +264,17 @@ def _train(config: TrainerConfig, prepared: Prepared) -> RunSummary:
 def _resume(
     config: TrainerConfig,
     prepared: Prepared,
-    store: ObjectStore | None,
+    store: CheckpointStore | None,
     roles: Roles,
     backend: Backend,
     loop: RLLoop,
     telemetry: Telemetry,
 ) -> int:
-    """Load the checkpoint this attempt starts from; returns its step (0: from the start)."""
+    """Load the checkpoint this run starts from; returns its step (0: from the start)."""
     from .checkpoint import restore_driver_rng
-    from .lifecycle import Resumed, load_roles, resume_from_store
+    from .lifecycle import load_roles, resume_point
 
-    load = load_roles(roles, backend)
-    if prepared.resume_path is not None:
-        resumed = Resumed(prepared.resume_path, prepared.resume_path, load(prepared.resume_path))
-    elif store is not None and _resumes_from_store(config):
-        assert prepared.spec.checkpoint is not None
-        resumed = resume_from_store(store, prepared.spec.checkpoint.local_root, load)
-    else:
-        return 0
+    resumed = resume_point(config, prepared.resume_path, store, load_roles(roles, backend))
     start_step = 0
     if resumed.state is not None and resumed.path is not None:
         prepared.dataset.load_state_dict(resumed.state["data"])
@@ -288,13 +285,6 @@ def _resume(
     if store is not None or resumed.skipped:
         telemetry.resumed(resumed.url, start_step, resumed.skipped)
     return start_step
-
-
-def _resumes_from_store(config: TrainerConfig) -> bool:
-    checkpoint = config.spec.checkpoint
-    if config.resume_from is not None:
-        return config.resume_from.startswith("s3://")
-    return checkpoint is not None and checkpoint.resume == "auto"
 
 
 def _role_scorer(backend: Backend, group: RoleGroup) -> Callable[[list[str]], list[float]]:

@@ -82,6 +82,11 @@ class CheckpointRef(ApiModel):
         default=None, alias="hfPath", description="HF-format export of the actor, if any."
     )
     attempt: int | None = Field(default=None, ge=0, description="The attempt that committed it.")
+    run: int | None = Field(
+        default=None,
+        ge=0,
+        description="The run of that attempt that committed it (each start of the trainer takes the next).",
+    )
 
 
 class SkippedCheckpoint(ApiModel):

@@ -122,6 +122,7 @@ def run_stage(config: TrainerConfig) -> int:
 def train_stage(config: TrainerConfig, prepared: StagePrepared) -> Any:
     from ..backends.placement import ACTOR
     from ..checkpoint import Checkpointer, load_checkpoint, restore_driver_rng
+    from ..lifecycle import open_store, resume_point
     from ..role_groups import Roles, _contexts
     from ..runner import RunSummary, _start_backend
     from ..telemetry import Telemetry
@@ -145,17 +146,25 @@ def train_stage(config: TrainerConfig, prepared: StagePrepared) -> Any:
             group.size,
         )
         telemetry = Telemetry(config, spec.training.max_steps, spec.algorithm.name)
-        checkpointer = Checkpointer(spec.checkpoint, spec.training.max_steps) if spec.checkpoint else None
+        store = open_store(config)
+        checkpointer = None
+        if spec.checkpoint is not None and store is not None:
+            telemetry.run = store.run
+            checkpointer = Checkpointer(spec.checkpoint, spec.training.max_steps, store)
         loop = StageLoop(
             spec, group, backend, prepared.dataset, prepared.eval_dataset, telemetry, checkpointer, roles
         )
         start_step = 0
-        if prepared.resume_path is not None:
-            state = load_checkpoint(prepared.resume_path, roles, backend)
-            prepared.dataset.load_state_dict(state["data"])
-            start_step = int(state["step"])
-            restore_driver_rng(prepared.resume_path)
-            log.info("resumed from %s at step %d", prepared.resume_path, start_step)
+        resumed = resume_point(
+            config, prepared.resume_path, store, lambda path: load_checkpoint(path, roles, backend)
+        )
+        if resumed.state is not None and resumed.path is not None:
+            prepared.dataset.load_state_dict(resumed.state["data"])
+            start_step = int(resumed.state["step"])
+            restore_driver_rng(resumed.path)
+            log.info("resumed from %s at step %d", resumed.url, start_step)
+        if store is not None or resumed.skipped:
+            telemetry.resumed(resumed.url, start_step, resumed.skipped)
         saved = loop.run(start_step)
         success = True
     finally:

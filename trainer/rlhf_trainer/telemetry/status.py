@@ -38,9 +38,11 @@ def progress(
 
 
 def checkpoint_entry(
-    step: int, path: str, hf_path: str | None, now: float, attempt: int | None = None
+    step: int, path: str, hf_path: str | None, now: float, attempt: int | None = None, run: int | None = None
 ) -> dict[str, Any]:
-    return CheckpointRef(step=step, path=path, time=rfc3339(now), hf_path=hf_path, attempt=attempt).to_wire()
+    return CheckpointRef(
+        step=step, path=path, time=rfc3339(now), hf_path=hf_path, attempt=attempt, run=run
+    ).to_wire()
 
 
 def add_checkpoint(

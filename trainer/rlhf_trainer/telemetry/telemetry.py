@@ -92,6 +92,7 @@ class Telemetry:
         self._progress: dict[str, Any] | None = None
         self._resume: dict[str, Any] | None = None
         self.superseded = False
+        self.run = 0  # the checkpoint store's run number of this attempt (lifecycle.open_store)
         self._display = ProgressDisplay(total_steps, stream)
         self.exporter: PrometheusExporter | None = None
         if config.metrics_port > 0:
@@ -126,21 +127,24 @@ class Telemetry:
     def checkpoint_saved(self, step: int, path: str, hf_path: str | None = None) -> None:
         if self._superseded():
             return
-        entry = checkpoint_entry(step, path, hf_path, time.time(), self.config.attempt)
+        entry = checkpoint_entry(step, path, hf_path, time.time(), self.config.attempt, self.run)
         self.checkpoints = add_checkpoint(self.checkpoints, entry, self.keep)
         self.sink.update(self._status(), force=True)
 
     def _superseded(self) -> bool:
-        """True once a newer attempt has recorded a checkpoint: from then on this attempt writes
-        no status, so status.latestCheckpoint never moves back to an older attempt's."""
+        """True once a newer attempt (or a newer run of this attempt: a suspended job started
+        again) has recorded a checkpoint: from then on this run writes no status, so
+        status.latestCheckpoint never moves back to an older run's."""
         if not self.superseded:
             stored = self.sink.read().get("latestCheckpoint") or {}
-            newer = stored.get("attempt")
-            if isinstance(newer, int) and newer > self.config.attempt:
+            attempt, run = stored.get("attempt"), stored.get("run") or 0
+            if isinstance(attempt, int) and (attempt, run) > (self.config.attempt, self.run):
                 log.warning(
-                    "attempt %d superseded by attempt %d: leaving the job's status to it",
+                    "attempt %d run %d superseded by attempt %d run %d: leaving the job's status to it",
                     self.config.attempt,
-                    newer,
+                    self.run,
+                    attempt,
+                    run,
                 )
                 self.superseded = True
         return self.superseded
