@@ -1,0 +1,223 @@
+"""Sample-level streaming: rewards and reference log-probs start on the samples that have finished
+while longer ones are still generating (spec.generation.streaming).
+
+The rollout engines hand over their samples as they finish (RolloutRole.generate_stream, a Ray
+streaming generator per engine: a vllm engine after every engine step that finishes requests, an
+hf engine when its static batch ends). The driver waits on the engines' streams and on the
+scoring calls at once, and as soon as
+- every sample of a prompt group is in, it scores the group's rewards (functions and remote
+  servers, here in the driver, while the engines keep generating);
+- every row of a reference micro batch is in, it submits that micro batch to the reference worker
+  that would have computed it anyway: rows are split over the reference workers and cut into
+  microBatchSize pieces exactly as the unstreamed call cuts them, so every forward pass sees the
+  same tensors and the log-probabilities are bit-identical to the unstreamed path.
+
+Advantages need whole groups and batch statistics: they start once the rollout is complete, as
+do the critic's values and the actor's old log-probabilities (trainable roles whose ZeRO-3 ranks
+make every forward pass together) and reward models (their batches pad to the longest text in
+each, so another batching would change scores in the last bits). The experience batch is the
+rows in generation order, whatever order they finished in.
+
+Only on the Ray backend with rollout engines of their own (in-process there is one thread to run
+everything on; colocated vllm engines hold the GPU the reference would run on).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .generation import GenerationOutput, gather_rows
+from .rewards.reward_set import RewardResult
+from .rollout_batch import RolloutBatch, even_ranges
+
+if TYPE_CHECKING:
+    from .data import Prompt
+    from .loop import RLLoop
+
+
+@dataclass
+class ReferenceUnit:
+    """One micro batch of the reference: rows [start, stop) on reference worker `worker`."""
+
+    worker: int
+    start: int
+    stop: int
+    pending: Any = None
+    early: bool = False
+    """Its result was back before the last sample of the rollout was."""
+
+
+def reference_units(total: int, workers: int, micro_batch_size: int) -> list[ReferenceUnit]:
+    """The micro batches the unstreamed reference call makes (loop._map_rows splits the rows
+    evenly over the workers, each cuts its part into micro batches from its first row)."""
+    return [
+        ReferenceUnit(worker, start, min(start + micro_batch_size, stop))
+        for worker, (first, stop) in enumerate(even_ranges(total, workers))
+        for start in range(first, stop, micro_batch_size)
+    ]
+
+
+def start_streams(loop: RLLoop, prompts: list[Prompt]) -> list[tuple[int, Any]]:
+    """Start generating `prompts` on every engine, streamed: (first row, ObjectRefGenerator)."""
+    group = loop.roles.generator
+    return [
+        (first, worker.generate_stream.options(num_returns="streaming").remote(rows))
+        for worker, (first, rows) in zip(group.workers, loop.engine_chunks(prompts), strict=True)
+    ]
+
+
+def streams_rewards(loop: RLLoop) -> bool:
+    """Whether rewards are scored per finished group: every source scores each sample on its own
+    (functions, remote servers); a reward model scores after the rollout."""
+    from .rewards.reward_set import ModelReward
+
+    return not any(isinstance(s.source, ModelReward) for s in loop.rewards.sources)
+
+
+class StreamedRollout:
+    """One rollout's samples arriving from the engines, and the scoring started on them."""
+
+    def __init__(self, loop: RLLoop, prompts: list[Prompt], streams: list[tuple[int, Any]]) -> None:
+        self.loop = loop
+        self.streams = streams
+        n = loop.spec.algorithm.samples_per_prompt
+        self.n = n
+        self.total = len(prompts) * n
+        self.texts = [p.text for p in prompts for _ in range(n)]
+        self.labels = [p.label for p in prompts for _ in range(n)]
+        self.pad_id = loop.tokenizer.pad_token_id
+        self.pieces: list[tuple[list[int], GenerationOutput]] = []
+        self.arrived = torch.zeros(self.total, dtype=torch.bool)
+        self.score_rewards = streams_rewards(loop)
+        self.scored_groups = torch.zeros(len(prompts), dtype=torch.bool)
+        self.reward_parts: list[tuple[list[int], RewardResult]] = []
+        reference = loop.roles.reference
+        self.units = (
+            []
+            if reference is None
+            else reference_units(self.total, reference.size, loop.spec.training.micro_batch_size)
+        )
+        self.started = time.perf_counter()
+        self.generated_at: float | None = None
+        self.first_scoring_at: float | None = None
+        self.reward_early_s = 0.0
+
+    # ---------------------------------------------------------------- while generating
+
+    def consume(self) -> GenerationOutput:
+        """Take the engines' samples until the last one is in, scoring what is complete on the way;
+        returns the rollout, rows in generation order."""
+        import ray
+
+        streams = {id(gen): (first, gen) for first, gen in self.streams}
+        waiting: dict[Any, ReferenceUnit] = {}
+        while streams:
+            waitables = [gen for _, gen in streams.values()] + list(waiting)
+            [ready], _ = ray.wait(waitables, num_returns=1)
+            if isinstance(ready, ray.ObjectRefGenerator):
+                first = streams[id(ready)][0]
+                try:
+                    rows, piece = ray.get(next(ready))
+                except StopIteration:
+                    del streams[id(ready)]
+                    continue
+                self._arrive([first + r for r in rows], piece)
+                for unit in self._submit_reference():
+                    waiting[unit.pending] = unit
+            else:
+                unit = waiting.pop(ready)
+                unit.early = self.generated_at is None
+        if self.generated_at is None or not bool(self.arrived.all()):
+            missing = (~self.arrived).nonzero().flatten().tolist()
+            raise RuntimeError(f"the rollout engines ended without rows {missing[:8]}")
+        return gather_rows(self.pieces, range(self.total), self.pad_id)
+
+    def _arrive(self, rows: list[int], piece: GenerationOutput) -> None:
+        self.pieces.append((rows, piece))
+        self.arrived[rows] = True
+        if bool(self.arrived.all()):
+            self.generated_at = time.perf_counter()
+            return  # the last groups are scored by rewards(), timed as the reward phase
+        if self.score_rewards:
+            started = time.perf_counter()
+            if self._score_complete_groups():
+                self.first_scoring_at = self.first_scoring_at or started
+                self.reward_early_s += time.perf_counter() - started
+
+    def _score_complete_groups(self) -> bool:
+        complete = self.arrived.view(-1, self.n).all(dim=1) & ~self.scored_groups
+        groups = complete.nonzero().flatten().tolist()
+        if not groups:
+            return False
+        self.scored_groups[groups] = True
+        rows = [g * self.n + k for g in groups for k in range(self.n)]
+        batch = RolloutBatch.from_generation(gather_rows(self.pieces, rows, self.pad_id))
+        scored = self.loop.rewards.score(
+            [self.texts[r] for r in rows], self.loop._decode(batch), [self.labels[r] for r in rows]
+        )
+        self.reward_parts.append((rows, scored))
+        return True
+
+    def _submit_reference(self) -> list[ReferenceUnit]:
+        reference = self.loop.roles.reference
+        submitted = []
+        for unit in self.units:
+            if unit.pending is None and bool(self.arrived[unit.start : unit.stop].all()):
+                rows = range(unit.start, unit.stop)
+                batch = RolloutBatch.from_generation(gather_rows(self.pieces, rows, self.pad_id))
+                batch = batch.rows(0, batch.size)  # only the columns its rows use
+                assert reference is not None
+                unit.pending = self.loop.backend.submit(
+                    reference.workers[unit.worker], "logprobs", (batch,), {}
+                )
+                if self.generated_at is None:
+                    self.first_scoring_at = self.first_scoring_at or time.perf_counter()
+                submitted.append(unit)
+        return submitted
+
+    # ---------------------------------------------------------------- after the rollout
+
+    def rewards(self) -> RewardResult:
+        """Every sample's rewards in row order: the groups scored while generating and the rest now."""
+        if not self.score_rewards:
+            return self.loop.rewards.score(self.texts, self.loop._decode(self._batch()), self.labels)
+        self._score_complete_groups()
+        total = [0.0] * self.total
+        per_source: dict[str, list[float]] = {name: [0.0] * self.total for name in self.loop.rewards.names}
+        for rows, scored in self.reward_parts:
+            for k, row in enumerate(rows):
+                total[row] = scored.total[k]
+                for name, values in scored.per_source.items():
+                    per_source[name][row] = values[k]
+        return RewardResult(total=total, per_source=per_source)
+
+    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """[B, R] reference log-probabilities of the whole rollout (waits for the micro batches still
+        running), each micro batch's columns placed as the unstreamed call places them."""
+        out = torch.zeros(batch.size, batch.response_width, dtype=torch.float32)
+        results = self.loop.backend.get([unit.pending for unit in self.units])
+        for unit, piece in zip(self.units, results, strict=True):
+            out[unit.start : unit.stop, : piece.shape[1]] = piece
+        return out
+
+    def _batch(self) -> RolloutBatch:
+        return RolloutBatch.from_generation(gather_rows(self.pieces, range(self.total), self.pad_id))
+
+    def metrics(self) -> dict[str, float]:
+        """`stream/reward_hidden_s`: reward scoring done while the engines were still generating;
+        `stream/reference_early_frac`: the share of reference micro batches back before the last
+        sample was; `stream/lead_s`: how long before the last sample the first scoring started."""
+        assert self.generated_at is not None
+        metrics = {
+            "stream/reward_hidden_s": self.reward_early_s,
+            "stream/lead_s": 0.0
+            if self.first_scoring_at is None
+            else self.generated_at - self.first_scoring_at,
+        }
+        if self.units:
+            metrics["stream/reference_early_frac"] = sum(u.early for u in self.units) / len(self.units)
+        return metrics
