@@ -90,7 +90,7 @@ def setup(demo_assets: dict[str, str], tiny_rewards: str, ray_cluster: None) -> 
 
 
 def test_streamed_scores_equal_the_unstreamed_ones_on_the_same_samples(setup: Setup) -> None:
-    """Rewards and reference log-probs of a streamed rollout, bit for bit those of scoring the
+    """Rewards, reference and old log-probs of a streamed rollout, bit for bit those of scoring the
     same samples after the rollout (the unstreamed path), rows in generation order; and the
     first scoring started while the engine was still generating."""
     from rlhf_trainer.loop import PhaseTimer
@@ -113,29 +113,26 @@ def test_streamed_scores_equal_the_unstreamed_ones_on_the_same_samples(setup: Se
 
     streamed_rewards = streamed.rewards()
     timer = PhaseTimer()
-    streamed_ref = loop._scores(batch, timer, streamed)["ref_logprobs"]
+    assert streamed.streamed("ref_logprobs") and streamed.streamed("old_logprobs")
+    streamed_scores = loop._scores(batch, timer, streamed)
     texts = [p.text for p in prompts for _ in range(n)]
     labels = [p.label for p in prompts for _ in range(n)]
     plain_rewards = loop.rewards.score(texts, loop._decode(batch), labels)
-    plain_ref = loop._scores(batch, PhaseTimer())["ref_logprobs"]
+    plain_scores = loop._scores(batch, PhaseTimer())
     assert streamed_rewards.total == plain_rewards.total
     assert streamed_rewards.per_source == plain_rewards.per_source
-    assert torch.equal(streamed_ref, plain_ref)
-    assert float(plain_ref[batch.response_mask].abs().sum()) > 0
+    assert streamed_scores.keys() == plain_scores.keys() == {"ref_logprobs", "old_logprobs"}
+    for name, tensor in plain_scores.items():
+        assert torch.equal(streamed_scores[name], tensor), name
+        assert float(tensor[batch.response_mask].abs().sum()) > 0
 
     # Timestamps: rewards were scored, and reference micro batches were back, before the last
-    # sample was (the long completions generate for ~40 engine steps after the first ones end).
+    # sample was (every prompt group holds a long completion, so most micro batches complete only shortly
+    # before the last one: measured 7 of 8 back early, 0.2 s before it).
     measured = streamed.metrics()
-    print(
-        "streaming",
-        measured,
-        "generate_s",
-        streamed.generated_at - streamed.started,
-        sorted(lengths.tolist()),
-    )
     assert measured["stream/lead_s"] > 0, measured
     assert measured["stream/reward_hidden_s"] > 0, measured
-    assert measured["stream/reference_early_frac"] > 0, measured
+    assert measured["stream/scores_early_frac"] > 0, measured
     assert streamed.first_scoring_at is not None and streamed.generated_at is not None
     assert streamed.first_scoring_at < streamed.generated_at
 
@@ -152,7 +149,7 @@ def test_a_streamed_run_learns_exactly_as_an_unstreamed_one(
         assert run(_doc(demo_assets, streaming), out, backend="ray") == 0
         results[streaming] = metrics(out)
     streamed, plain = results[True], results[False]
-    assert all(row["stream/reference_early_frac"] >= 0 for row in streamed)
+    assert all(row["stream/scores_early_frac"] >= 0 for row in streamed)
     assert not any(key.startswith("stream/") for row in plain for key in row)
 
     def learning(rows: list[dict]) -> list[dict]:

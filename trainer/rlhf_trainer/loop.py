@@ -278,24 +278,26 @@ class RLLoop:
         self, batch: RolloutBatch, timer: PhaseTimer, streamed: StreamedRollout | None = None
     ) -> dict[str, torch.Tensor]:
         """Reference log-probs, values and old log-probs; on Ray the three run at once and each
-        phase's time runs until its result arrives (streamed: the reference's micro batches were
-        submitted as their samples finished; its phase is the wait for those still running)."""
-        submitted: dict[str, tuple[str, Callable[[], torch.Tensor]]] = {}
-        if self.roles.reference is not None:
-            if streamed is not None:
-                submitted["ref_logprobs"] = ("reference", lambda: streamed.reference_logprobs(batch))
-            else:
-                submitted["ref_logprobs"] = (
-                    "reference",
-                    self._pending_rows(self.roles.reference, "logprobs", batch),
-                )
-        if self.roles.critic is not None:
-            submitted["values"] = ("values", self._pending_rows(self.roles.critic, "values", batch))
-        if self.needs_old_logprobs:
-            submitted["old_logprobs"] = (
+        phase's time runs until its result arrives (streamed: the micro batches were submitted as
+        their samples finished; a phase is then the wait for those still running)."""
+        calls: list[tuple[str, str, RoleGroup | None, str]] = [
+            ("ref_logprobs", "reference", self.roles.reference, "logprobs"),
+            ("values", "values", self.roles.critic, "values"),
+            (
                 "old_logprobs",
-                self._pending_rows(self.roles.actor, "logprobs", batch),
-            )
+                "old_logprobs",
+                self.roles.actor if self.needs_old_logprobs else None,
+                "logprobs",
+            ),
+        ]
+        submitted: dict[str, tuple[str, Callable[[], torch.Tensor]]] = {}
+        for name, phase, group, method in calls:
+            if group is None:
+                continue
+            if streamed is not None and streamed.streamed(name):
+                submitted[name] = (phase, lambda name=name: streamed.scores(name, batch))
+            else:
+                submitted[name] = (phase, self._pending_rows(group, method, batch))
         out = {}
         clock = self._phase_clock()
         for name, (phase, result) in submitted.items():

@@ -1,5 +1,6 @@
 """Sample-level streaming: rewards and reference log-probs start on the samples that have finished
-while longer ones are still generating (spec.generation.streaming).
+while longer ones are still generating (spec.generation.streaming); so do the critic's values and
+the actor's old log-probabilities where their workers compute independently.
 
 The rollout engines hand over their samples as they finish (RolloutRole.generate_stream, a Ray
 streaming generator per engine: a vllm engine after every engine step that finishes requests, an
@@ -7,16 +8,18 @@ hf engine when its static batch ends). The driver waits on the engines' streams 
 scoring calls at once, and as soon as
 - every sample of a prompt group is in, it scores the group's rewards (functions and remote
   servers, here in the driver, while the engines keep generating);
-- every row of a reference micro batch is in, it submits that micro batch to the reference worker
-  that would have computed it anyway: rows are split over the reference workers and cut into
-  microBatchSize pieces exactly as the unstreamed call cuts them, so every forward pass sees the
-  same tensors and the log-probabilities are bit-identical to the unstreamed path.
+- every row of a micro batch is in, it submits that micro batch to the worker that would have
+  computed it anyway, for the reference log-probs, the critic's values and the actor's old
+  log-probs: rows are split over a role's workers and cut into micro batches exactly as the
+  unstreamed call cuts them, so every forward pass sees the same tensors and the results are
+  bit-identical to the unstreamed path. (The actor and critic have finished the previous update
+  by then: calls run in order on each worker.)
 
-Advantages need whole groups and batch statistics: they start once the rollout is complete, as
-do the critic's values and the actor's old log-probabilities (trainable roles whose ZeRO-3 ranks
-make every forward pass together) and reward models (their batches pad to the longest text in
-each, so another batching would change scores in the last bits). The experience batch is the
-rows in generation order, whatever order they finished in.
+Advantages need whole groups and batch statistics: they start once the rollout is complete. So
+do a ZeRO-3 actor's or critic's passes over several ranks (every forward pass gathers partitions,
+all ranks together, so they cannot take one micro batch each) and reward models (their batches
+pad to the longest text in each, so another batching would change scores in the last bits). The
+experience batch is the rows in generation order, whatever order they finished in.
 
 Only on the Ray backend with rollout engines of their own (in-process there is one thread to run
 everything on; colocated vllm engines hold the GPU the reference would run on).
@@ -30,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .api.spec import RoleSpec
+from .backends.base import RoleGroup
 from .generation import GenerationOutput, gather_rows
 from .rewards.reward_set import RewardResult
 from .rollout_batch import RolloutBatch, even_ranges
@@ -40,9 +45,13 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class ReferenceUnit:
-    """One micro batch of the reference: rows [start, stop) on reference worker `worker`."""
+class ScoreUnit:
+    """One micro batch of a scoring call: rows [start, stop) on worker `worker` of `group`."""
 
+    name: str
+    """The per-token tensor it computes: ref_logprobs, values or old_logprobs."""
+    group: RoleGroup
+    method: str
     worker: int
     start: int
     stop: int
@@ -51,14 +60,37 @@ class ReferenceUnit:
     """Its result was back before the last sample of the rollout was."""
 
 
-def reference_units(total: int, workers: int, micro_batch_size: int) -> list[ReferenceUnit]:
-    """The micro batches the unstreamed reference call makes (loop._map_rows splits the rows
-    evenly over the workers, each cuts its part into micro batches from its first row)."""
+def score_units(
+    name: str, group: RoleGroup, method: str, total: int, micro_batch_size: int
+) -> list[ScoreUnit]:
+    """The micro batches the unstreamed call makes (loop._map_rows splits the rows evenly over the
+    workers, each cuts its part into micro batches from its first row)."""
     return [
-        ReferenceUnit(worker, start, min(start + micro_batch_size, stop))
-        for worker, (first, stop) in enumerate(even_ranges(total, workers))
+        ScoreUnit(name, group, method, worker, start, min(start + micro_batch_size, stop))
+        for worker, (first, stop) in enumerate(even_ranges(total, group.size))
         for start in range(first, stop, micro_batch_size)
     ]
+
+
+def streamed_scores(loop: RLLoop, total: int) -> list[ScoreUnit]:
+    """The micro batches of every scoring call that can take one micro batch at a time."""
+    spec, roles = loop.spec, loop.roles
+    units = []
+    if roles.reference is not None:  # frozen, no DeepSpeed: its workers are independent
+        units += score_units(
+            "ref_logprobs", roles.reference, "logprobs", total, spec.training.micro_batch_size
+        )
+    critic = spec.models.critic
+    if roles.critic is not None and critic is not None and _independent(roles.critic, critic):
+        units += score_units("values", roles.critic, "values", total, loop.plan.micro_batch_size)
+    if loop.needs_old_logprobs and _independent(roles.actor, spec.models.actor):
+        units += score_units("old_logprobs", roles.actor, "logprobs", total, loop.plan.micro_batch_size)
+    return units
+
+
+def _independent(group: RoleGroup, role: RoleSpec) -> bool:
+    """Whether each worker makes its forward passes on its own (not ZeRO-3 over several ranks)."""
+    return group.size == 1 or role.zero_stage != 3
 
 
 def start_streams(loop: RLLoop, prompts: list[Prompt]) -> list[tuple[int, Any]]:
@@ -95,12 +127,7 @@ class StreamedRollout:
         self.score_rewards = streams_rewards(loop)
         self.scored_groups = torch.zeros(len(prompts), dtype=torch.bool)
         self.reward_parts: list[tuple[list[int], RewardResult]] = []
-        reference = loop.roles.reference
-        self.units = (
-            []
-            if reference is None
-            else reference_units(self.total, reference.size, loop.spec.training.micro_batch_size)
-        )
+        self.units = streamed_scores(loop, self.total)
         self.started = time.perf_counter()
         self.generated_at: float | None = None
         self.first_scoring_at: float | None = None
@@ -114,7 +141,7 @@ class StreamedRollout:
         import ray
 
         streams = {id(gen): (first, gen) for first, gen in self.streams}
-        waiting: dict[Any, ReferenceUnit] = {}
+        waiting: dict[Any, ScoreUnit] = {}
         while streams:
             waitables = [gen for _, gen in streams.values()] + list(waiting)
             [ready], _ = ray.wait(waitables, num_returns=1)
@@ -126,7 +153,7 @@ class StreamedRollout:
                     del streams[id(ready)]
                     continue
                 self._arrive([first + r for r in rows], piece)
-                for unit in self._submit_reference():
+                for unit in self._submit_scores():
                     waiting[unit.pending] = unit
             else:
                 unit = waiting.pop(ready)
@@ -162,18 +189,15 @@ class StreamedRollout:
         self.reward_parts.append((rows, scored))
         return True
 
-    def _submit_reference(self) -> list[ReferenceUnit]:
-        reference = self.loop.roles.reference
+    def _submit_scores(self) -> list[ScoreUnit]:
         submitted = []
         for unit in self.units:
             if unit.pending is None and bool(self.arrived[unit.start : unit.stop].all()):
                 rows = range(unit.start, unit.stop)
                 batch = RolloutBatch.from_generation(gather_rows(self.pieces, rows, self.pad_id))
                 batch = batch.rows(0, batch.size)  # only the columns its rows use
-                assert reference is not None
-                unit.pending = self.loop.backend.submit(
-                    reference.workers[unit.worker], "logprobs", (batch,), {}
-                )
+                worker = unit.group.workers[unit.worker]
+                unit.pending = self.loop.backend.submit(worker, unit.method, (batch,), {})
                 if self.generated_at is None:
                     self.first_scoring_at = self.first_scoring_at or time.perf_counter()
                 submitted.append(unit)
@@ -195,12 +219,17 @@ class StreamedRollout:
                     per_source[name][row] = values[k]
         return RewardResult(total=total, per_source=per_source)
 
-    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
-        """[B, R] reference log-probabilities of the whole rollout (waits for the micro batches still
-        running), each micro batch's columns placed as the unstreamed call places them."""
+    def streamed(self, name: str) -> bool:
+        """Whether the tensor `name` (ref_logprobs, values, old_logprobs) is computed streamed."""
+        return any(unit.name == name for unit in self.units)
+
+    def scores(self, name: str, batch: RolloutBatch) -> torch.Tensor:
+        """[B, R] `name` over the whole rollout (waits for the micro batches still running), each
+        micro batch's columns placed as the unstreamed call places them."""
+        units = [unit for unit in self.units if unit.name == name]
         out = torch.zeros(batch.size, batch.response_width, dtype=torch.float32)
-        results = self.loop.backend.get([unit.pending for unit in self.units])
-        for unit, piece in zip(self.units, results, strict=True):
+        results = self.loop.backend.get([unit.pending for unit in units])
+        for unit, piece in zip(units, results, strict=True):
             out[unit.start : unit.stop, : piece.shape[1]] = piece
         return out
 
@@ -209,8 +238,9 @@ class StreamedRollout:
 
     def metrics(self) -> dict[str, float]:
         """`stream/reward_hidden_s`: reward scoring done while the engines were still generating;
-        `stream/reference_early_frac`: the share of reference micro batches back before the last
-        sample was; `stream/lead_s`: how long before the last sample the first scoring started."""
+        `stream/scores_early_frac`: the share of streamed micro batches (reference, values, old
+        log-probs) back before the last sample was; `stream/lead_s`: how long before the last
+        sample the first scoring started."""
         assert self.generated_at is not None
         metrics = {
             "stream/reward_hidden_s": self.reward_early_s,
@@ -219,5 +249,5 @@ class StreamedRollout:
             else self.generated_at - self.first_scoring_at,
         }
         if self.units:
-            metrics["stream/reference_early_frac"] = sum(u.early for u in self.units) / len(self.units)
+            metrics["stream/scores_early_frac"] = sum(u.early for u in self.units) / len(self.units)
         return metrics
