@@ -2,8 +2,8 @@
 reference role: rewards and reference log-probs start on finished samples while the rest
 generate, and the experience is the one scoring after the whole rollout gives.
 
-The demo's tiny model is untrained: its end-of-sequence token comes up at random, so with 48 new
-tokens the completions have mixed lengths (from 1 token to 48).
+The demo's tiny model is untrained: its end-of-sequence token comes up at random, so the
+completions have mixed lengths (with 160 new tokens, from a few tokens to 160).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_gather_rows_puts_streamed_pieces_back_in_generation_order() -> None:
         gather_rows(pieces[:2], range(6), pad_id=0)
 
 
-def _doc(demo_assets: dict[str, str], streaming: bool, steps: int = 2) -> dict[str, Any]:
+def _doc(demo_assets: dict[str, str], streaming: bool, new_tokens: int = 160) -> dict[str, Any]:
     return manifest(
         demo_assets["model"],
         demo_assets["prompts"],
@@ -51,8 +51,8 @@ def _doc(demo_assets: dict[str, str], streaming: bool, steps: int = 2) -> dict[s
         {
             "algorithm": {"samplesPerPrompt": 4, "kl": {"coef": 0.05, "asLoss": False}},
             "models": {"rollout": {"engine": "vllm", "engines": 1, "enforceEager": True}},
-            "training": {"rolloutBatchSize": 8, "trainBatchSize": 32, "microBatchSize": 4, "maxSteps": steps},
-            "generation": {"maxNewTokens": 160, "temperature": 1.0, "streaming": streaming},
+            "training": {"rolloutBatchSize": 8, "trainBatchSize": 32, "microBatchSize": 4, "maxSteps": 2},
+            "generation": {"maxNewTokens": new_tokens, "temperature": 1.0, "streaming": streaming},
         },
     )
 
@@ -62,7 +62,7 @@ class Setup:
         self.loop, self.prompts = loop, prompts
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def setup(demo_assets: dict[str, str], tiny_rewards: str, ray_cluster: None) -> Iterator[Setup]:
     from rlhf_trainer.api.validation import validate_manifest
     from rlhf_trainer.backends.placement import plan_placement
@@ -146,7 +146,7 @@ def test_a_streamed_run_learns_exactly_as_an_unstreamed_one(
     results = {}
     for streaming in (True, False):
         out = tmp_path / str(streaming)
-        assert run(_doc(demo_assets, streaming), out, backend="ray") == 0
+        assert run(_doc(demo_assets, streaming, new_tokens=48), out, backend="ray") == 0
         results[streaming] = metrics(out)
     streamed, plain = results[True], results[False]
     assert all(row["stream/scores_early_frac"] >= 0 for row in streamed)
