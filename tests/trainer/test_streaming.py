@@ -43,6 +43,24 @@ def test_gather_rows_puts_streamed_pieces_back_in_generation_order() -> None:
         gather_rows(pieces[:2], range(6), pad_id=0)
 
 
+def test_score_units_are_the_micro_batches_of_the_unstreamed_call() -> None:
+    """Rows split evenly over the workers, each part cut into micro batches from its first row:
+    what loop._map_rows and RolloutBatch.micro_batches do to the whole rollout."""
+    from rlhf_trainer.backends.base import RoleGroup
+    from rlhf_trainer.streaming import score_units
+
+    group = RoleGroup("reference", [object(), object(), object()], backend=None)  # type: ignore[arg-type]
+    units = score_units("ref_logprobs", group, "logprobs", total=11, micro_batch_size=2)
+    assert [(u.worker, u.start, u.stop) for u in units] == [
+        (0, 0, 2),
+        (0, 2, 4),
+        (1, 4, 6),
+        (1, 6, 7),
+        (2, 7, 9),
+        (2, 9, 11),
+    ]
+
+
 def _doc(demo_assets: dict[str, str], streaming: bool, new_tokens: int = 160) -> dict[str, Any]:
     return manifest(
         demo_assets["model"],
