@@ -170,15 +170,39 @@ def test_a_streamed_run_learns_exactly_as_an_unstreamed_one(
     assert all(row["stream/scores_early_frac"] >= 0 for row in streamed)
     assert not any(key.startswith("stream/") for row in plain for key in row)
 
-    def learning(rows: list[dict]) -> list[dict]:
-        return [
-            {
-                k: v
-                for k, v in row.items()
-                if not k.startswith(("timing/", "perf/", "stream/")) and k != "time"
-            }
-            for row in rows
-        ]
-
-    assert learning(streamed) == learning(plain)
+    assert _learning(streamed) == _learning(plain)
     assert all(row["kl/mean"] != 0 for row in plain[1:])  # the reference log-probs count
+
+
+@pytest.mark.usefixtures("tiny_rewards", "ray_cluster")
+def test_ppo_with_streamed_values_learns_exactly_as_without(
+    demo_assets: dict[str, str], tmp_path: Path
+) -> None:
+    """PPO with a critic, a reference and an hf engine (one piece per call): values, reference and
+    old log-probs go micro batch by micro batch to their workers, and the run is the unstreamed one."""
+    results = {}
+    for streaming in (True, False):
+        doc = manifest(
+            demo_assets["model"],
+            demo_assets["prompts"],
+            "ppo",
+            {
+                "algorithm": {"kl": {"coef": 0.05, "asLoss": False}},
+                "models": {"rollout": {"engine": "hf", "engines": 1}},
+                "training": {"rolloutBatchSize": 4},
+                "generation": {"streaming": streaming},
+            },
+        )
+        out = tmp_path / str(streaming)
+        assert run(doc, out, backend="ray") == 0
+        results[streaming] = metrics(out)
+    assert all(row["stream/scores_early_frac"] == 0 for row in results[True])  # one piece: none early
+    assert _learning(results[True]) == _learning(results[False])
+    assert all(row["critic/vf_loss"] != 0 for row in results[False])
+
+
+def _learning(rows: list[dict]) -> list[dict]:
+    return [
+        {k: v for k, v in row.items() if not k.startswith(("timing/", "perf/", "stream/")) and k != "time"}
+        for row in rows
+    ]
