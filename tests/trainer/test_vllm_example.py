@@ -110,6 +110,7 @@ def test_vllm_example_learns_and_leaves_nothing_behind(demo_assets: dict, tmp_pa
         # fp32 on CPU: engine and trainer agree closely, and the correction hardly acts.
         assert 0 <= row["rollout/mismatch_kl"] < 1e-3
         assert row["rollout/is_truncated_frac"] == 0
+        assert "stream/lead_s" in row  # rewards scored as groups finished (generation.streaming)
     status = json.loads((tmp_path / "out" / "status.json").read_text())
     assert "failure" not in status and status["progress"]["step"] == spec["training"]["maxSteps"]
     assert_nothing_left(marker, shm_before)

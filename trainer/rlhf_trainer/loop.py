@@ -5,6 +5,8 @@ One step: generate n samples per prompt -> rewards -> reference log-probs, old l
 (actor, and critic for ppo) -> weight sync to the rollout engines -> telemetry -> checkpoint.
 Each phase is timed as `timing/<phase>_s`. With spec.training.maxStaleness > 0 the next rollouts
 are generated while the actor trains (overlap.RolloutPipeline); 0 runs the phases one after another.
+With spec.generation.streaming (Ray, rollout engines of their own) rewards and reference log-probs
+start on the samples that have finished while the rest generate (streaming.StreamedRollout).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,6 +31,9 @@ from .rewards import RewardSet
 from .role_groups import Roles
 from .rollout_batch import RolloutBatch, even_ranges, select_rows, shard_rows
 from .telemetry.keys import TIMING_PHASES
+
+if TYPE_CHECKING:
+    from .streaming import StreamedRollout
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,12 @@ class RLLoop:
             self.engine_sync = EngineWeightSync(spec, roles, backend)
             self.engine_sync.open()
         self.weight_sync_bytes = 0
+        self.streaming = (
+            spec.generation.streaming
+            and backend.remote
+            and roles.rollout is not None
+            and not (self.engine_sync is not None and spec.models.colocate.all)
+        )
         # Read between steps: SIGTERM (lifecycle.StopRequest) ends the run after a checkpoint.
         self.stop_requested: Callable[[], bool] = lambda: False
 
@@ -142,11 +153,18 @@ class RLLoop:
         started = time.perf_counter()
         timer = PhaseTimer()
         prompts = self.dataset.next_batch(self.spec.training.rollout_batch_size)
+        streamed = None
         with timer("generate"):
-            output = self._generate(prompts, self.spec.algorithm.samples_per_prompt)
+            if self.streaming:
+                from .streaming import StreamedRollout, start_streams
+
+                streamed = StreamedRollout(self, prompts, start_streams(self, prompts))
+                output = streamed.consume()
+            else:
+                output = self._generate(prompts, self.spec.algorithm.samples_per_prompt)
             if self.engine_sync is not None:
                 self.engine_sync.sleep_engines()  # colocated on GPU: free it for the other roles
-        return self.learn(step, result, prompts, output, timer, started)
+        return self.learn(step, result, prompts, output, timer, started, streamed=streamed)
 
     def learn(
         self,
@@ -159,20 +177,24 @@ class RLLoop:
         sync: Callable[[], None] | None = None,
         data_state: dict[str, Any] | None = None,
         before_eval: Callable[[], None] | None = None,
+        streamed: StreamedRollout | None = None,
     ) -> dict[str, float]:
         """Everything after generation: rewards, scores, advantages, updates, weight sync (`sync`,
-        default sync_weights), checkpoint (with `data_state`, default the dataset's) and eval."""
+        default sync_weights), checkpoint (with `data_state`, default the dataset's) and eval.
+        `streamed`: the rollout's samples came streamed and some of their scoring already ran."""
         n = self.spec.algorithm.samples_per_prompt
         batch = RolloutBatch.from_generation(output)
-        texts = [p.text for p in prompts for _ in range(n)]
-        labels = [p.label for p in prompts for _ in range(n)]
-        completions = self._decode(batch)
         with timer("reward"):
-            scored = self.rewards.score(texts, completions, labels)
+            if streamed is not None:
+                scored = streamed.rewards()
+            else:
+                texts = [p.text for p in prompts for _ in range(n)]
+                labels = [p.label for p in prompts for _ in range(n)]
+                scored = self.rewards.score(texts, self._decode(batch), labels)
         rewards = torch.tensor(scored.total, dtype=torch.float32)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = {} if streamed is None else streamed.metrics()
 
-        tensors = self._scores(batch, timer)
+        tensors = self._scores(batch, timer, streamed)
         mask = batch.response_mask
         with timer("advantage"):
             kl = None
@@ -230,14 +252,20 @@ class RLLoop:
     # ---------------------------------------------------------------- phases
 
     def _generate(self, prompts: list[Prompt], n: int) -> GenerationOutput:
+        group = self.roles.generator
+        chunks = [(rows,) for _, rows in self.engine_chunks(prompts, n)]
+        outputs = self.backend.get(group.call_each("generate", chunks))
+        return merge_outputs(outputs, self.tokenizer.pad_token_id)
+
+    def engine_chunks(self, prompts: list[Prompt], n: int | None = None) -> list[tuple[int, list[list[int]]]]:
+        """Each generating worker's (first row, prompt token ids): every prompt `n` times (default
+        samplesPerPrompt), the rows split evenly over the workers."""
+        n = self.spec.algorithm.samples_per_prompt if n is None else n
         encoded = self.tokenizer([p.text for p in prompts], add_special_tokens=self.add_special_tokens)[
             "input_ids"
         ]
         repeated = [ids for ids in encoded for _ in range(n)]
-        group = self.roles.generator
-        chunks = even_ranges(len(repeated), group.size)
-        outputs = self.backend.get(group.call_each("generate", [(repeated[a:b],) for a, b in chunks]))
-        return merge_outputs(outputs, self.tokenizer.pad_token_id)
+        return [(a, repeated[a:b]) for a, b in even_ranges(len(repeated), self.roles.generator.size)]
 
     def _decode(self, batch: RolloutBatch) -> list[str]:
         ids = batch.response_ids
@@ -246,22 +274,41 @@ class RLLoop:
             [row[m].tolist() for row, m in zip(ids, mask, strict=True)], skip_special_tokens=True
         )
 
-    def _scores(self, batch: RolloutBatch, timer: PhaseTimer) -> dict[str, torch.Tensor]:
+    def _scores(
+        self, batch: RolloutBatch, timer: PhaseTimer, streamed: StreamedRollout | None = None
+    ) -> dict[str, torch.Tensor]:
         """Reference log-probs, values and old log-probs; on Ray the three run at once and each
-        phase's time runs until its result arrives."""
-        submitted: dict[str, tuple[str, list[Any]]] = {}
-        if self.roles.reference is not None:
-            submitted["ref_logprobs"] = ("reference", self._map_rows(self.roles.reference, "logprobs", batch))
-        if self.roles.critic is not None:
-            submitted["values"] = ("values", self._map_rows(self.roles.critic, "values", batch))
-        if self.needs_old_logprobs:
-            submitted["old_logprobs"] = ("old_logprobs", self._map_rows(self.roles.actor, "logprobs", batch))
+        phase's time runs until its result arrives (streamed: the micro batches were submitted as
+        their samples finished; a phase is then the wait for those still running)."""
+        calls: list[tuple[str, str, RoleGroup | None, str]] = [
+            ("ref_logprobs", "reference", self.roles.reference, "logprobs"),
+            ("values", "values", self.roles.critic, "values"),
+            (
+                "old_logprobs",
+                "old_logprobs",
+                self.roles.actor if self.needs_old_logprobs else None,
+                "logprobs",
+            ),
+        ]
+        submitted: dict[str, tuple[str, Callable[[], torch.Tensor]]] = {}
+        for name, phase, group, method in calls:
+            if group is None:
+                continue
+            if streamed is not None and streamed.streamed(name):
+                submitted[name] = (phase, lambda name=name: streamed.scores(name, batch))
+            else:
+                submitted[name] = (phase, self._pending_rows(group, method, batch))
         out = {}
         clock = self._phase_clock()
-        for name, (phase, pending) in submitted.items():
-            out[name] = torch.cat(self.backend.get(pending))
+        for name, (phase, result) in submitted.items():
+            out[name] = result()
             timer.seconds[phase] = clock()
         return out
+
+    def _pending_rows(self, group: RoleGroup, method: str, batch: RolloutBatch) -> Callable[[], torch.Tensor]:
+        """Submit `method` over the rows now (_map_rows); the returned call waits for the result."""
+        pending = self._map_rows(group, method, batch)
+        return lambda: torch.cat(self.backend.get(pending))
 
     def _phase_clock(self) -> Callable[[], float]:
         """Seconds per phase for results waited for one after another: on Ray the calls run at the

@@ -15,6 +15,10 @@ On Ray the engines are other processes: generation, weight sync and training are
 their actors, and nothing waits for a weight sync. In-process the rollout engine runs on one
 background thread (calls in submission order; torch releases the GIL in its kernels).
 
+With spec.generation.streaming (Ray) each rollout is submitted as streams of finished samples
+(streaming.py): when its step comes, the samples already in are scored at once and the rest as
+they finish, while the engines still generate.
+
 The overlap needs engines of their own (models.rollout.engines >= 1): an actor that generates
 itself, or vllm engines colocated on its GPUs, run the synchronous loop (staleness 0).
 """
@@ -30,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from .data import Prompt
 from .generation import GenerationOutput, merge_outputs
-from .rollout_batch import even_ranges
+from .streaming import StreamedRollout, start_streams
 
 if TYPE_CHECKING:
     from .loop import LoopResult, RLLoop
@@ -89,7 +93,7 @@ class RolloutPipeline:
             self._fill(step)
             current = self.inflight.popleft()
             assert current.step == step, (current.step, step)
-            output = self._wait(current)
+            output, streamed = self._wait(current)
             self._fill(step + 1)  # the next rollout(s) generate while this one is learned from
         data_state = self.data_states.pop(step + 1, None)
         self.learned_data_state = (step, data_state)
@@ -103,6 +107,7 @@ class RolloutPipeline:
             sync=self._sync,
             data_state=data_state,
             before_eval=self._drain,
+            streamed=streamed,
         )
         metrics["rollout/staleness"] = float(self.updates - 1 - current.version)
         metrics["rollout/policy_version"] = float(current.version)
@@ -129,13 +134,10 @@ class RolloutPipeline:
 
     def _submit(self, prompts: list[Prompt]) -> Any:
         loop = self.loop
-        n = loop.spec.algorithm.samples_per_prompt
-        encoded = loop.tokenizer([p.text for p in prompts], add_special_tokens=loop.add_special_tokens)[
-            "input_ids"
-        ]
-        repeated = [ids for ids in encoded for _ in range(n)]
+        if loop.streaming:
+            return start_streams(loop, prompts)
         group = loop.roles.generator
-        chunks = [(repeated[a:b],) for a, b in even_ranges(len(repeated), group.size)]
+        chunks = [(rows,) for _, rows in loop.engine_chunks(prompts)]
         if self.executor is None:
             return group.call_each("generate", chunks)
         workers = group.workers
@@ -143,15 +145,22 @@ class RolloutPipeline:
             lambda: [w.generate(*args) for w, args in zip(workers, chunks, strict=True)]
         )
 
-    def _wait(self, inflight: _InFlight) -> GenerationOutput:
-        if self.executor is None:
+    def _wait(self, inflight: _InFlight) -> tuple[GenerationOutput, StreamedRollout | None]:
+        streamed = None
+        if self.loop.streaming:
+            streamed = StreamedRollout(self.loop, inflight.prompts, inflight.pending)
+            output = streamed.consume()
+        elif self.executor is None:
             outputs = self.loop.backend.get(inflight.pending)
+        else:
+            outputs = inflight.pending.result()
+        if self.executor is None:
             syncs, self.pending_syncs = self.pending_syncs, []
             if syncs:  # already done (queued before this generation); surfaces their errors
                 self.loop.weight_sync_bytes = self.loop.backend.get(syncs)[0]
-        else:
-            outputs = inflight.pending.result()
-        return merge_outputs(outputs, self.loop.tokenizer.pad_token_id)
+        if streamed is None:
+            output = merge_outputs(outputs, self.loop.tokenizer.pad_token_id)
+        return output, streamed
 
     def _sync(self) -> None:
         """Queue the updated weights behind the generations in flight (nothing waits for it)."""

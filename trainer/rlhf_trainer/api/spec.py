@@ -837,6 +837,15 @@ class GenerationSpec(ApiModel):
     temperature: float = Field(default=1.0, gt=0, le=10, description="Sampling temperature.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling probability mass.")
     top_k: int = Field(default=0, ge=0, le=INT32_MAX, description="Top-k sampling (0: off).")
+    streaming: bool = Field(
+        default=True,
+        description="Sample-level streaming (Ray backend, rollout engines of their own): rewards, reference "
+        "log-probs, critic values and old log-probs start on the samples that have finished while longer ones "
+        "are still generating; reward functions and servers then score finished prompt groups (each sample on "
+        "its own, as always), and the experience is identical to scoring after the whole rollout. Reward "
+        "models and ZeRO-3 roles over several ranks still start after the rollout. false: score after the "
+        "whole rollout.",
+    )
 
 
 S3_URL = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"

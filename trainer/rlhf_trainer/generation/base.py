@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,4 +81,40 @@ def merge_outputs(outputs: list[GenerationOutput], pad_id: int) -> GenerationOut
             logprobs.append(torch.nn.functional.pad(o.logprobs, (0, right), value=0.0))
     return GenerationOutput(
         torch.cat(ids), torch.cat(masks), prompt_width, torch.cat(logprobs) if logprobs else None
+    )
+
+
+def gather_rows(
+    pieces: Sequence[tuple[Sequence[int], GenerationOutput]], rows: Iterable[int], pad_id: int
+) -> GenerationOutput:
+    """`rows`, in that order, out of pieces that each hold some rows (a streamed generation's
+    (row indices, output) pieces), re-padded to common widths as merge_outputs pads. Every
+    row's tokens, mask and log-probabilities are those of its piece: the whole rollout gathered
+    from its pieces equals the rollout generated in one call."""
+    where = {row: (i, j) for i, (indices, _) in enumerate(pieces) for j, row in enumerate(indices)}
+    wanted = list(rows)
+    missing = [row for row in wanted if row not in where]
+    if missing:
+        raise ValueError(f"rows {missing[:8]} are in no piece")
+    chosen: dict[int, list[int]] = {}
+    for row in wanted:
+        chosen.setdefault(where[row][0], []).append(where[row][1])
+    parts, order = [], []
+    for i, local in chosen.items():
+        output, index = pieces[i][1], torch.tensor(local)
+        logprobs = output.logprobs[index] if output.logprobs is not None else None
+        parts.append(
+            GenerationOutput(
+                output.input_ids[index], output.attention_mask[index], output.prompt_width, logprobs
+            )
+        )
+        order.extend(pieces[i][0][j] for j in local)
+    merged = merge_outputs(parts, pad_id)
+    position = {row: k for k, row in enumerate(order)}
+    index = torch.tensor([position[row] for row in wanted], dtype=torch.long)
+    return GenerationOutput(
+        merged.input_ids[index],
+        merged.attention_mask[index],
+        merged.prompt_width,
+        merged.logprobs[index] if merged.logprobs is not None else None,
     )

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from ..api.spec import RLHFJobSpec
 from ..engine.config import effective_precision
-from .base import GenerationOutput, completion_mask, left_pad
+from .base import GenerationOutput, completion_mask, gather_rows, left_pad
 from .transport import TensorMeta
 
 log = logging.getLogger(__name__)
@@ -148,18 +149,41 @@ class VLLMGenerationEngine:
         self._wake(("weights", "kv_cache"))
 
     def generate(self, prompts: list[list[int]]) -> GenerationOutput:
-        from vllm.inputs import TokensPrompt
-
         if not prompts:  # more engines than rows (a small evaluation set): nothing to do here
             empty = torch.zeros((0, 2), dtype=torch.long)
             return GenerationOutput(empty, empty.clone(), prompt_width=1, logprobs=torch.zeros((0, 1)))
+        return gather_rows(list(self.generate_stream(prompts)), range(len(prompts)), self.pad_id)
+
+    def generate_stream(self, prompts: list[list[int]]) -> Iterator[tuple[list[int], GenerationOutput]]:
+        """The completions of `prompts` as they finish: (rows of `prompts`, their output), each
+        piece padded to its own widths. The same requests and engine steps as `LLM.generate`
+        (which queues every request, then steps the engine until none is left), so the same
+        samples; `generate` is these pieces put back in order."""
+        from vllm.inputs import TokensPrompt
+
+        if not prompts:
+            return
         self._ready_to_generate()
-        ids, mask = left_pad(prompts, self.pad_id, self.generation.max_prompt_length)
         kept = [p[-self.generation.max_prompt_length :] for p in prompts]
-        outputs = self.llm.generate(
+        internal_ids = self.llm.enqueue(
             [TokensPrompt(prompt_token_ids=p) for p in kept], self._sampling_params(), use_tqdm=False
         )
-        completions = [o.outputs[0] for o in outputs]
+        # enqueue returns vLLM's internal ids ("<id>-<random suffix>"); outputs carry "<id>".
+        internal = {i.rsplit("-", 1)[0]: i for i in internal_ids}
+        row_of = {request_id: row for row, request_id in enumerate(internal)}
+        engine = self.llm.llm_engine
+        try:
+            while row_of and engine.has_unfinished_requests():
+                finished = [o for o in engine.step() if o.finished and o.request_id in row_of]
+                if finished:
+                    rows = [row_of.pop(o.request_id) for o in finished]
+                    yield rows, self._piece([prompts[r] for r in rows], [o.outputs[0] for o in finished])
+        finally:  # a consumer that stopped early: its requests must not run into the next call
+            if row_of:
+                engine.abort_request([internal[r] for r in row_of], internal=True)
+
+    def _piece(self, prompts: list[list[int]], completions: list[Any]) -> GenerationOutput:
+        ids, mask = left_pad(prompts, self.pad_id, self.generation.max_prompt_length)
         width = max(1, max(len(c.token_ids) for c in completions))
         responses = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         logprobs = torch.zeros((len(prompts), width), dtype=torch.float32)

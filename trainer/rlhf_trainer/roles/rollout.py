@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -68,6 +69,15 @@ class RolloutRole:
 
     def generate(self, prompts: list[list[int]]) -> GenerationOutput:
         return self.engine.generate(prompts)
+
+    def generate_stream(self, prompts: list[list[int]]) -> Iterator[tuple[list[int], GenerationOutput]]:
+        """The completions as they finish (a Ray streaming generator: streaming.py): vllm engines
+        hand over each engine step's finished requests; hf engines sample a static batch and
+        hand over the whole call at its end."""
+        if isinstance(self.engine, VLLMGenerationEngine):
+            yield from self.engine.generate_stream(prompts)
+        elif prompts:
+            yield list(range(len(prompts))), self.engine.generate(prompts)
 
     # ---------------------------------------------------------------- weights
 
