@@ -282,6 +282,7 @@ FULL_STATUS = {
             "time": "2026-01-02T03:03:00Z",
             "hfPath": "/checkpoints/step-10/hf",
             "attempt": 1,
+            "run": 2,
         }
     ],
     "latestCheckpoint": {
@@ -290,6 +291,7 @@ FULL_STATUS = {
         "time": "2026-01-02T03:03:00Z",
         "hfPath": "/checkpoints/step-10/hf",
         "attempt": 1,
+        "run": 2,
     },
     "failure": {
         "attempt": 1,

@@ -189,6 +189,7 @@ def test_file_sink_writes_trainer_status_and_keeps_last_k_checkpoints(tmp_path: 
         "hfPath": "/ckpt/step-3/hf",
         "time": status["checkpoints"][1]["time"],
         "attempt": 0,
+        "run": 0,
     }
     RLHFJobStatus.model_validate(status)  # the CRD's status model accepts it
     telemetry.close(success=True)
