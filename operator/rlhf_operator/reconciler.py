@@ -175,7 +175,14 @@ class Reconciler:
             try:
                 self.kube.post_event(body, event.type, event.reason, event.message)
             except ApiException as exc:  # an event is worth a log line, not a failed reconcile
-                logger.warning("%s/%s: cannot post event %s: %s", namespace, name, event.reason, exc.reason)
+                if namespace_terminating(exc):
+                    logger.info(
+                        "%s/%s: namespace is being deleted; event %s dropped", namespace, name, event.reason
+                    )
+                else:
+                    logger.warning(
+                        "%s/%s: cannot post event %s: %s", namespace, name, event.reason, exc.reason
+                    )
         return updated, plan
 
     def _write_children(self, body: dict[str, Any], plan: decisions.Plan) -> None:
