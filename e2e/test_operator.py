@@ -857,11 +857,23 @@ def test_kuberay_pods_carry_the_jobs_labels_and_a_stuck_job_loses_its_cluster_at
         return items[0] if items else None
 
     pod = eventually(head_pod, 90, "KubeRay to create the head pod", interval=0.5)
-    core.patch_namespaced_pod_status(
-        pod.metadata.name, namespace, {"status": pod_status("unschedulable", pod.spec.containers[0].image)}
-    )
+
+    def unschedulable() -> None:
+        """The scheduler's verdict on the head pod, as a scheduler writes it (no scheduler runs here)."""
+        current = head_pod()
+        conditions = (current.status.conditions or []) if current is not None else []
+        if current is not None and not any(c.reason == "Unschedulable" for c in conditions):
+            # Again if an update raced the first write away (seen once in CI, cause not found).
+            core.patch_namespaced_pod_status(
+                current.metadata.name,
+                namespace,
+                {"status": pod_status("unschedulable", current.spec.containers[0].image)},
+            )
+
+    unschedulable()
 
     def blocked() -> dict[str, Any] | None:
+        unschedulable()
         job = api.job(namespace, "kr-stuck")
         conds = {c["type"]: c for c in (job.get("status") or {}).get("conditions") or []}
         cond = conds.get("StartupBlocked")
