@@ -107,6 +107,8 @@ def event_problem(event: dict[str, Any]) -> Problem | None:
     """A Warning event saying a pod (or the Ray cluster) could not be created."""
     if event.get("type") != "Warning" or not _CREATE_FAILED.match(event.get("reason") or ""):
         return None
+    if "already exists" in (event.get("message") or ""):
+        return None  # KubeRay creating an object a second time from a stale cache: nothing was refused
     obj = event.get("involvedObject") or {}
     return Problem(
         "AdmissionRefused", f"{obj.get('kind')} {obj.get('name')}: {event.get('message') or ''}".rstrip(": ")

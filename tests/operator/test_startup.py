@@ -73,6 +73,17 @@ def test_a_refused_creation_comes_first_and_other_pods_are_counted():
     assert (
         refused.reason == "AdmissionRefused" and refused.message == "RayCluster j-a0-abc: exceeded quota: gpu"
     )
+    # KubeRay's RayJob controller sometimes creates its RayCluster twice from a stale cache; the
+    # second create's "already exists" event, newer than the quota's, is not a refusal.
+    twice = {
+        **event,
+        "reason": "FailedToCreateRayCluster",
+        "message": 'Failed to create RayCluster ns/j-a0-abc: rayclusters.ray.io "j-a0-abc" already exists',
+        "lastTimestamp": "2026-01-01T12:00:05Z",
+    }
+    first = {**event, "lastTimestamp": "2026-01-01T12:00:01Z"}
+    assert startup.find_problem(pods, [first, twice]).message == "RayCluster j-a0-abc: exceeded quota: gpu"
+    assert startup.event_problem(twice) is None
 
 
 def test_the_condition_appears_with_a_hint_and_clears_to_false():
