@@ -83,8 +83,9 @@ def test_suspending_a_running_job_commits_the_step_in_progress_and_resumes_from_
     )
     assert status.get("phase") == "Suspended", status
     # Every preStop hook ended with the trainer, not with the clock: the workers' once the head
-    # (which waits for the trainer's commit) is gone.
-    assert gone_after < GRACE / 2 and gone["worker"] - gone["head"] < 30, gone
+    # (which waits for the trainer's commit) is gone. Measured 4 s after the head on a quiet
+    # machine, 31 s during a CI run (the hook's connection attempts to a head that is gone).
+    assert gone_after < GRACE / 2 and gone["worker"] - gone["head"] < GRACE / 3, gone
     # The SIGTERM checkpoint: the step in progress (the only periodic one is at the end).
     assert requested_at <= checkpoint <= reached + 1 and checkpoint < STEPS, (
         requested_at,
