@@ -45,6 +45,37 @@ WEBHOOK_PATHS = re.compile(r"^/(mutate|validate)-(ray-io-v1-rayjob|kueue-x-k8s-i
 WEBHOOK_CONFIGS = ("rlhf-e2e-kueue-mutating", "rlhf-e2e-kueue-validating")
 
 
+def queue_documents(namespace: str, queue: str, flavor: str, cpu: str) -> list[dict[str, Any]]:
+    """A ResourceFlavor, a ClusterQueue named after `namespace` admitting only it (`cpu` CPUs,
+    64Gi, preemption by priority within the queue) and the LocalQueue `queue` in it."""
+    api = "kueue.x-k8s.io/v1beta2"
+    resources = [{"name": "cpu", "nominalQuota": cpu}, {"name": "memory", "nominalQuota": "64Gi"}]
+    return [
+        {"apiVersion": api, "kind": "ResourceFlavor", "metadata": {"name": flavor}},
+        {
+            "apiVersion": api,
+            "kind": "ClusterQueue",
+            "metadata": {"name": namespace},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "preemption": {"withinClusterQueue": "LowerPriority"},
+                "resourceGroups": [
+                    {
+                        "coveredResources": ["cpu", "memory"],
+                        "flavors": [{"name": flavor, "resources": resources}],
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": api,
+            "kind": "LocalQueue",
+            "metadata": {"name": queue, "namespace": namespace},
+            "spec": {"clusterQueue": namespace},
+        },
+    ]
+
+
 def ensure_kueue(*, log: Any = print) -> Path:
     """The kueue binary, built on first use."""
     return ensure_built(KUEUE, log=log) / "bin" / "kueue"

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from e2e_kube import ControlPlane, Kubectl, free_port
 from e2e_kube import eventually as poll_until
-from kueue import start_kueue
+from kueue import queue_documents, start_kueue
 from test_operator import Api, Operators, example
 
 pytestmark = pytest.mark.e2e
@@ -80,41 +80,7 @@ def queue_namespace(kubectl: Kubectl, kueue: Any, request: pytest.FixtureRequest
     """A namespace with a LocalQueue on its own ClusterQueue of 4 CPUs (preemption by priority)."""
     name = f"{PREFIX}-{request.node.name.removeprefix('test_')[:30].replace('_', '-').strip('-')}"
     kubectl("create", "namespace", name)
-    flavor = {
-        "apiVersion": "kueue.x-k8s.io/v1beta2",
-        "kind": "ResourceFlavor",
-        "metadata": {"name": "e2e-cpu"},
-    }
-    cluster_queue = {
-        "apiVersion": "kueue.x-k8s.io/v1beta2",
-        "kind": "ClusterQueue",
-        "metadata": {"name": name},
-        "spec": {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}},
-            "preemption": {"withinClusterQueue": "LowerPriority"},
-            "resourceGroups": [
-                {
-                    "coveredResources": ["cpu", "memory"],
-                    "flavors": [
-                        {
-                            "name": "e2e-cpu",
-                            "resources": [
-                                {"name": "cpu", "nominalQuota": "4"},
-                                {"name": "memory", "nominalQuota": "64Gi"},
-                            ],
-                        }
-                    ],
-                }
-            ],
-        },
-    }
-    local_queue = {
-        "apiVersion": "kueue.x-k8s.io/v1beta2",
-        "kind": "LocalQueue",
-        "metadata": {"name": QUEUE, "namespace": name},
-        "spec": {"clusterQueue": name},
-    }
-    for doc in (flavor, cluster_queue, local_queue):
+    for doc in queue_documents(name, QUEUE, "e2e-cpu", cpu="4"):
         kubectl.apply(doc)
     yield name
     # The jobs first: with the queue or the namespace gone, Kueue would evict an admitted job, and the

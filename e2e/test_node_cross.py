@@ -117,19 +117,11 @@ def test_an_image_that_cannot_be_pulled_blocks_the_start_and_fails_at_the_deadli
     """The trainer image's repository with a tag nobody built (allowed by the platform policy):
     the kubelet cannot pull it (no registry on localhost), the operator says StartupBlocked
     ImagePullFailed, and the job fails at its pre-running deadline."""
-    kubectl, name = node_cluster.kubectl, "unpullable"
-    job = tiny_job(name, steps=4, every=4)
+    job = tiny_job("unpullable", steps=4, every=4)
     repository = node_cluster.images["trainer-cpu"].rsplit(":", 1)[0]
     job["spec"].update(image=f"{repository}:no-such-tag", imagePullPolicy="IfNotPresent")
-    job["spec"]["preRunningDeadlineSeconds"] = 30
-    kubectl.apply(job, namespace=node_namespace)
-    client = k8s_config.new_client_from_config(config_file=str(node_cluster.control_plane.kubeconfig))
-    final = run_startup_scenario(
-        client, node_namespace, name, "image-pull", play_node=False, condition_timeout=60, deadline_timeout=90
-    )
-    blocked = next(c for c in final["status"]["conditions"] if c["type"] == "StartupBlocked")
+    blocked = _blocked_at_the_deadline(node_cluster, node_namespace, job, "image-pull")
     assert "no-such-tag" in blocked["message"], blocked
-    print(f"[node-cross] StartupBlocked ImagePullFailed after {final['status']['seconds_to_condition']} s")
 
 
 def test_a_job_asking_for_gpus_the_node_lacks_is_unschedulable_and_fails_at_the_deadline(
@@ -138,24 +130,10 @@ def test_a_job_asking_for_gpus_the_node_lacks_is_unschedulable_and_fails_at_the_
     """The tiny job's actor on a GPU: the real scheduler cannot place its GPU worker pod on this
     CPU node, the operator says StartupBlocked Unschedulable with the scheduler's message, and the
     job fails at its pre-running deadline."""
-    kubectl, name = node_cluster.kubectl, "no-gpus"
-    job = tiny_job(name, steps=4, every=4)
+    job = tiny_job("no-gpus", steps=4, every=4)
     job["spec"]["models"]["actor"]["gpus"] = 1
-    job["spec"]["preRunningDeadlineSeconds"] = 30
-    kubectl.apply(job, namespace=node_namespace)
-    client = k8s_config.new_client_from_config(config_file=str(node_cluster.control_plane.kubeconfig))
-    final = run_startup_scenario(
-        client,
-        node_namespace,
-        name,
-        "unschedulable",
-        play_node=False,
-        condition_timeout=60,
-        deadline_timeout=90,
-    )
-    blocked = next(c for c in final["status"]["conditions"] if c["type"] == "StartupBlocked")
+    blocked = _blocked_at_the_deadline(node_cluster, node_namespace, job, "unschedulable")
     assert "nvidia.com/gpu" in blocked["message"], blocked
-    print(f"[node-cross] StartupBlocked Unschedulable after {final['status']['seconds_to_condition']} s")
 
 
 def test_an_actor_with_two_cpu_ranks_trains_across_two_worker_pods(
@@ -187,3 +165,23 @@ def test_an_actor_with_two_cpu_ranks_trains_across_two_worker_pods(
     print(
         f"[node-cross] cpuRanks 2 on pods {sorted(workers)}: Succeeded in {time.monotonic() - started:.0f}s"
     )
+
+
+def _blocked_at_the_deadline(
+    node_cluster: NodeCluster, namespace: str, job: dict[str, Any], scenario: str
+) -> dict[str, Any]:
+    """Apply `job` with a 30 s pre-running deadline, play the startup scenario against the real
+    node (startup_scenario.run_startup_scenario: the StartupBlocked condition, then Failed at the
+    deadline) and return that condition."""
+    job["spec"]["preRunningDeadlineSeconds"] = 30
+    node_cluster.kubectl.apply(job, namespace=namespace)
+    client = k8s_config.new_client_from_config(config_file=str(node_cluster.control_plane.kubeconfig))
+    name = job["metadata"]["name"]
+    final = run_startup_scenario(
+        client, namespace, name, scenario, play_node=False, condition_timeout=60, deadline_timeout=90
+    )
+    blocked = next(c for c in final["status"]["conditions"] if c["type"] == "StartupBlocked")
+    print(
+        f"[node-cross] StartupBlocked {blocked['reason']} after {final['status']['seconds_to_condition']} s"
+    )
+    return blocked

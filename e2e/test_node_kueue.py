@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from e2e_kube import free_port
-from kueue import KueueController, start_kueue
+from kueue import KueueController, queue_documents, start_kueue
 from node_jobs import status_of, tiny_job, watch
 from node_workloads import CHART, OPERATOR_NAMESPACE, RELEASE, VOLUMES, NodeCluster
 
@@ -76,35 +76,7 @@ def kueue(node_cluster: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -
 def queue_namespace(node_cluster: NodeCluster, node_namespace: str, kueue: KueueController) -> Iterator[str]:
     """node_namespace with a LocalQueue on a ClusterQueue of its own: 1.5 CPUs, preemption by priority."""
     kubectl, ns = node_cluster.kubectl, node_namespace
-    resources = [
-        {"name": "cpu", "nominalQuota": "1500m"},
-        {"name": "memory", "nominalQuota": "64Gi"},
-    ]
-    docs = [
-        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": FLAVOR}},
-        {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "ClusterQueue",
-            "metadata": {"name": ns},
-            "spec": {
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-                "preemption": {"withinClusterQueue": "LowerPriority"},
-                "resourceGroups": [
-                    {
-                        "coveredResources": ["cpu", "memory"],
-                        "flavors": [{"name": FLAVOR, "resources": resources}],
-                    }
-                ],
-            },
-        },
-        {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "LocalQueue",
-            "metadata": {"name": QUEUE, "namespace": ns},
-            "spec": {"clusterQueue": ns},
-        },
-    ]
-    for doc in docs:
+    for doc in queue_documents(ns, QUEUE, FLAVOR, cpu="1500m"):
         kubectl.apply(doc)
     yield ns
     # The jobs before the queue: with the queue gone Kueue would evict an admitted job.
